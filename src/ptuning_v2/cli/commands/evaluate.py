@@ -1,0 +1,32 @@
+"""``ptv2 eval CHECKPOINT --output-dir DIR``: metrics of a trained checkpoint on its data (or other data)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ptuning_v2.cli.commands.train import summary
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on dev and test")
+    p.add_argument("checkpoint", help="checkpoint folder (OUTPUT_DIR/checkpoint of a training run)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the data, e.g. --set data.test=other.csv --set data.name=null",
+    )
+    p.add_argument("--output-dir", required=True, help="where metrics.json goes")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ptuning_v2.training.recipe import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(Path(args.checkpoint), Path(args.output_dir), args.overrides)
+    print(json.dumps(summary(metrics), indent=2))
+    return 0

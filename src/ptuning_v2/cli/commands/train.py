@@ -1,0 +1,57 @@
+"""``ptv2 train CONFIG.yaml [--set key=value ...] --output-dir DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ptuning_v2.config import load_run_config
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a method on a task from a YAML config")
+    p.add_argument("config", nargs="?", help="YAML run config (defaults if omitted)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.lr=5e-3 --set prompt.num_virtual_tokens=32",
+    )
+    p.add_argument("--output-dir", help="where metrics.json, log.jsonl and the checkpoint go (or output_dir)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUTPUT_DIR/last")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ptuning_v2.training.recipe import train_run
+
+    config = load_run_config(args.config, args.overrides)
+    output_dir = args.output_dir or config.output_dir
+    if not output_dir:
+        raise FileNotFoundError("no output directory: pass --output-dir DIR or set output_dir in the config")
+    metrics = train_run(config, output_dir, resume=args.resume, show_progress=not args.no_progress)
+    print(json.dumps(summary(metrics), indent=2))
+    return 0
+
+
+def summary(metrics: dict) -> dict:
+    """The headline numbers (no per-class tables) for the terminal."""
+
+    def flat(d: dict) -> dict:
+        return {
+            k: round(v, 4) if isinstance(v, float) else v for k, v in d.items() if not isinstance(v, dict)
+        }
+
+    keys = (
+        "method",
+        "task",
+        "model",
+        "trainable_params",
+        "trainable_share",
+        "train_seconds",
+        "checkpoint_bytes",
+    )
+    return {"dev": flat(metrics["dev"]), "test": flat(metrics["test"]), **{k: metrics[k] for k in keys}}

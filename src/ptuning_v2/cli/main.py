@@ -1,0 +1,55 @@
+"""``ptv2``: one command line for training, evaluation, prediction and the demo.
+
+Each sub-command lives in its own module with ``add_parser(subparsers)`` and ``run(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from ptuning_v2.cli import commands, data_cmd, demo
+
+COMMAND_MODULES = [commands.train, commands.evaluate, commands.predict, demo, data_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ptv2", description="P-Tuning v2: deep prompts on frozen transformers"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMAND_MODULES:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line for users; PTV2_DEBUG=1 shows the traceback
+        if os.environ.get("PTV2_DEBUG") or not _is_user_error(exc):
+            raise
+        print(f"ptv2 {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(exc: Exception) -> bool:
+    from ptuning_v2.config import ConfigError
+    from ptuning_v2.data import DataError
+    from ptuning_v2.models import ModelLoadError
+    from ptuning_v2.training.checkpoint import CheckpointError
+    from ptuning_v2.utils.cache import FetchError
+
+    return isinstance(
+        exc, ConfigError | DataError | ModelLoadError | CheckpointError | FetchError | FileNotFoundError
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The trainable part of P-Tuning v2: one prompt matrix per prompted layer.
+
+Each prompted layer ``s`` owns a ``[length_s, width_s]`` matrix. In prefix mode ``width`` is
+``2 * kv_heads * head_dim`` (a key and a value per key/value head, the layout PEFT uses too); in
+hidden mode it is the hidden size. How the matrices reach the model is the injector's business.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ptuning_v2.prompts.config import DeepPromptConfig
+
+
+class DeepPrompt(nn.Module):
+    """Per-layer prompt tensors, optionally produced by a prefix-tuning style MLP."""
+
+    def __init__(
+        self, config: DeepPromptConfig, shapes: dict[str, tuple[int, int]], hidden_size: int
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.shapes = dict(shapes)
+        self.hidden_size = hidden_size
+        self.dropout = nn.Dropout(config.dropout)
+        if config.reparameterize:
+            if config.init != "random":
+                raise ValueError("prompt.reparameterize supports prompt.init='random' only")
+            max_len = max((n for n, _ in shapes.values()), default=0)
+            total_width = sum(w for _, w in shapes.values())
+            self.embedding = nn.Parameter(torch.randn(max_len, hidden_size) * config.init_std)
+            self.mlp = nn.Sequential(
+                nn.Linear(hidden_size, config.reparam_hidden_size),
+                nn.Tanh(),
+                nn.Linear(config.reparam_hidden_size, total_width),
+            )
+            self.prompts = nn.ParameterDict()
+        else:
+            std = config.init_std if config.init == "random" else 0.0
+            self.prompts = nn.ParameterDict(
+                {name: nn.Parameter(torch.randn(n, w) * std) for name, (n, w) in shapes.items()}
+            )
+
+    def raw(self) -> dict[str, torch.Tensor]:
+        """Prompt matrices before dropout."""
+        if not self.config.reparameterize:
+            return dict(self.prompts.items())
+        flat = self.mlp(self.embedding)
+        out, start = {}, 0
+        for name, (n, w) in self.shapes.items():
+            out[name] = flat[:n, start : start + w]
+            start += w
+        return out
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        return {name: self.dropout(t) for name, t in self.raw().items()}
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Replace the MLP by the prompts it produces: same outputs, fewer parameters at inference."""
+        if not self.config.reparameterize:
+            return
+        values = {name: t.detach().clone() for name, t in self.raw().items()}
+        del self.embedding, self.mlp
+        self.prompts = nn.ParameterDict({name: nn.Parameter(t) for name, t in values.items()})
+        self.config.reparameterize = False
+
+    @torch.no_grad()
+    def init_from(self, states: dict[str, torch.Tensor]) -> None:
+        """Initialise each prompt from states a text produced (``[tokens, width]``), tiled to length."""
+        for name, (n, w) in self.shapes.items():
+            state = states[name]
+            if state.shape[-1] != w or state.shape[0] == 0:
+                raise ValueError(f"text state for {name} has shape {tuple(state.shape)}, expected [*, {w}]")
+            reps = -(-n // state.shape[0])
+            self.prompts[name].copy_(state.repeat(reps, 1)[:n].to(self.prompts[name].dtype))
+
+    def num_virtual_tokens(self) -> int:
+        return sum(n for n, _ in self.shapes.values())

@@ -1,0 +1,69 @@
+"""A frozen backbone with deep prompts: the backbone's own forward, prompts active inside it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptuning_v2.injection import INJECTORS
+from ptuning_v2.prompts.config import DeepPromptConfig
+from ptuning_v2.prompts.deep_prompt import DeepPrompt
+
+
+class DeepPromptModel(nn.Module):
+    """Wraps a transformers model; call it exactly as the model (``forward`` and ``generate``).
+
+    The backbone is frozen here; only ``self.prompt`` holds trainable parameters.
+    """
+
+    def __init__(self, backbone: nn.Module, config: DeepPromptConfig, tokenizer: Any = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.prompt_config = config
+        for param in backbone.parameters():
+            param.requires_grad_(False)
+        self.injector = INJECTORS[config.mode](backbone, config.attach_to)
+        shapes: dict[str, tuple[int, int]] = {}
+        widths = self.injector.widths()
+        for kind in ("self", "decoder_self", "cross"):
+            kind_slots = [slot for slot in self.injector.slots if slot.kind == kind]
+            lengths = config.lengths(len(kind_slots)) if kind_slots else {}
+            for slot in kind_slots:
+                if slot.layer in lengths:
+                    shapes[slot.name] = (lengths[slot.layer], widths[slot.name])
+        hidden = (
+            getattr(backbone.config, "hidden_size", None) or backbone.config.get_text_config().hidden_size
+        )
+        self.prompt = DeepPrompt(config, shapes, hidden)
+        if config.init == "text":
+            self.init_from_text(config.init_text or "", tokenizer)
+
+    @property
+    def config(self) -> Any:
+        """The backbone's config, so task heads treat prompted and plain backbones alike."""
+        return self.backbone.config
+
+    def init_from_text(self, text: str, tokenizer: Any) -> None:
+        """Start each layer's prompt from the keys/values (or hidden states) that ``text`` produces."""
+        if tokenizer is None:
+            raise ValueError("prompt.init 'text' needs the backbone's tokenizer")
+        device = next(self.backbone.parameters()).device
+        inputs = dict(tokenizer(text, return_tensors="pt").to(device))
+        if getattr(self.backbone.config, "is_encoder_decoder", False):
+            inputs["decoder_input_ids"] = inputs["input_ids"]
+        was_training = self.backbone.training
+        self.backbone.eval()
+        states = self.injector.capture(inputs)
+        self.backbone.train(was_training)
+        self.prompt.init_from(states)
+
+    def forward(self, **inputs: Any) -> Any:
+        with self.injector.activate(self.prompt()):
+            return self.backbone(**inputs)
+
+    @torch.no_grad()
+    def generate(self, **kwargs: Any) -> Any:
+        with self.injector.activate(self.prompt()):
+            return self.backbone.generate(**kwargs)

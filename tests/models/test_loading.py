@@ -1,0 +1,246 @@
+"""Backbone loading: tiny random configs for the fast tests, the real offline aliases for the slow ones."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    BartConfig,
+    BartModel,
+    BertConfig,
+    BertModel,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+from ptuning_v2.models import (
+    MODEL_ALIASES,
+    ModelLoadError,
+    backbone_fingerprint,
+    convert_gguf,
+    describe_backbone,
+    load_backbone,
+    load_tokenizer,
+    resolve_model,
+)
+
+
+def _tiny_bert_dir(tmp_path: Path, add_pooling_layer: bool = True) -> Path:
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99
+    )
+    path = tmp_path / "tiny-bert"
+    BertModel(config, add_pooling_layer=add_pooling_layer).save_pretrained(path)
+    return path
+
+
+def test_tiny_bert_round_trip_keeps_weights_and_uses_sdpa(tmp_path: Path) -> None:
+    path = _tiny_bert_dir(tmp_path)
+    model = load_backbone(str(path), "encoder")
+    assert isinstance(model, BertModel)
+    assert model.pooler is not None
+    assert model.config._attn_implementation == "sdpa"
+    assert not model.training
+    reference = BertModel.from_pretrained(path)
+    torch.testing.assert_close(model.state_dict(), reference.state_dict())
+
+
+def test_fingerprint_stable_across_reloads_and_sensitive_to_one_weight(tmp_path: Path) -> None:
+    path = _tiny_bert_dir(tmp_path)
+    first = backbone_fingerprint(load_backbone(str(path), "encoder"))
+    model = load_backbone(str(path), "encoder")
+    assert backbone_fingerprint(model) == first
+    assert len(first) == 64
+    with torch.no_grad():
+        model.encoder.layer[1].attention.self.query.weight[3, 5] += 1e-3
+    assert backbone_fingerprint(model) != first
+
+
+def test_fingerprint_depends_on_dtype(tmp_path: Path) -> None:
+    path = _tiny_bert_dir(tmp_path)
+    fp32 = backbone_fingerprint(load_backbone(str(path), "encoder"))
+    bf16 = load_backbone(str(path), "encoder", dtype=torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16
+    assert backbone_fingerprint(bf16) != fp32
+
+
+def test_pooler_missing_from_checkpoint_is_dropped_not_randomised(tmp_path: Path) -> None:
+    path = _tiny_bert_dir(tmp_path, add_pooling_layer=False)
+    first = load_backbone(str(path), "encoder")
+    second = load_backbone(str(path), "encoder")
+    assert first.pooler is None
+    assert backbone_fingerprint(first) == backbone_fingerprint(second)
+    out = first(input_ids=torch.tensor([[1, 2, 3]]))
+    assert out.last_hidden_state.shape == (1, 3, 32)
+
+
+def test_eager_fallback_when_sdpa_unsupported(tmp_path: Path) -> None:
+    config = Gemma2Config(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=99,
+    )
+    Gemma2ForCausalLM(config).save_pretrained(tmp_path / "gemma2")
+    model = load_backbone(str(tmp_path / "gemma2"), "causal_lm")
+    assert model.config._attn_implementation == "eager"
+
+
+def test_wrong_kind_is_a_model_load_error(tmp_path: Path) -> None:
+    path = _tiny_bert_dir(tmp_path)
+    with pytest.raises(ModelLoadError, match="seq2seq backbone"):
+        load_backbone(str(path), "seq2seq")
+
+
+def test_describe_tiny_llama_with_grouped_query_attention() -> None:
+    config = LlamaConfig(
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        vocab_size=99,
+    )
+    model = LlamaForCausalLM(config)
+    info = describe_backbone(model)
+    assert info["model_type"] == "llama"
+    assert (info["num_layers"], info["hidden_size"]) == (3, 48)
+    assert (info["num_attention_heads"], info["num_key_value_heads"], info["head_dim"]) == (6, 2, 8)
+    assert info["num_params"] == sum(p.numel() for p in model.parameters())
+    assert info["is_encoder_decoder"] is False
+    assert info["num_decoder_layers"] is None
+
+
+def test_describe_gpt2() -> None:
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=99, n_positions=64))
+    info = describe_backbone(model)
+    assert info["model_type"] == "gpt2"
+    assert (info["num_layers"], info["hidden_size"]) == (2, 32)
+    assert (info["num_attention_heads"], info["num_key_value_heads"], info["head_dim"]) == (4, 4, 8)
+
+
+def test_describe_t5_with_uneven_encoder_decoder() -> None:
+    config = T5Config(
+        d_model=32, d_kv=6, d_ff=37, num_layers=2, num_decoder_layers=3, num_heads=4, vocab_size=99
+    )
+    info = describe_backbone(T5ForConditionalGeneration(config))
+    assert info["model_type"] == "t5"
+    assert info["is_encoder_decoder"] is True
+    assert (info["num_layers"], info["num_decoder_layers"]) == (2, 3)
+    assert (info["hidden_size"], info["num_attention_heads"], info["head_dim"]) == (32, 4, 6)
+    assert (info["num_key_value_heads"], info["num_decoder_attention_heads"]) == (4, 4)
+
+
+def test_describe_bart_with_different_decoder_heads() -> None:
+    config = BartConfig(
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=37,
+        decoder_ffn_dim=37,
+        vocab_size=99,
+    )
+    info = describe_backbone(BartModel(config))
+    assert info["model_type"] == "bart"
+    assert (info["num_layers"], info["num_decoder_layers"]) == (2, 1)
+    assert (info["hidden_size"], info["num_attention_heads"], info["head_dim"]) == (32, 4, 8)
+    assert info["num_decoder_attention_heads"] == 2
+
+
+@pytest.mark.parametrize("path", ["./no-such-model", "/no/such/model", "some/nested/missing/dir"])
+def test_missing_local_path_is_a_clear_error(path: str) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist") as info:
+        resolve_model(path)
+    assert path in str(info.value)
+
+
+def test_hub_names_and_local_dirs_resolve_to_themselves(tmp_path: Path) -> None:
+    assert resolve_model("bert-base-uncased") == "bert-base-uncased"
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+
+
+def test_unreachable_hub_names_the_model_and_suggests_aliases(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError) as info:
+        load_backbone("bert-base-uncased", "encoder")
+    message = str(info.value)
+    assert "'bert-base-uncased'" in message and "offline?" in message
+    assert all(alias in message for alias in MODEL_ALIASES)
+
+
+def test_load_tokenizer_pads_decoder_only_tokenizer_with_eos(tmp_path: Path) -> None:
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, "hello": 2}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>").save_pretrained(
+        tmp_path
+    )
+    tokenizer = load_tokenizer(str(tmp_path))
+    assert tokenizer.pad_token == "<eos>"
+    batch = tokenizer(["hello", "hello hello"], padding=True)
+    assert batch["input_ids"][0] == [2, 1]
+
+
+@pytest.mark.slow
+def test_minilm_gives_real_sentence_embeddings() -> None:
+    model = load_backbone("minilm", "encoder")
+    tokenizer = load_tokenizer("minilm")
+    assert model.pooler is not None
+    assert describe_backbone(model)["num_params"] == 22_713_216
+    sentences = ["a cat sits on the mat", "a kitten is on the rug", "stock prices fell sharply"]
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    similar, unrelated = float(emb[0] @ emb[1]), float(emb[0] @ emb[2])
+    assert similar > 0.5 and unrelated < 0.2 and similar - unrelated > 0.4
+
+    start = time.perf_counter()
+    fingerprint = backbone_fingerprint(model)
+    assert time.perf_counter() - start < 1.0
+    assert fingerprint == backbone_fingerprint(load_backbone("minilm", "encoder"))
+
+
+@pytest.mark.slow
+def test_smollm2_converts_reloads_fast_and_completes_sensibly(tmp_path: Path) -> None:
+    alias = MODEL_ALIASES["smollm2"]
+    converted = Path(resolve_model("smollm2"))
+    assert converted == alias.converted_dir and (converted / "model.safetensors").is_file()
+
+    start = time.perf_counter()
+    model = load_backbone("smollm2", "causal_lm")
+    assert time.perf_counter() - start < 5.0
+    tokenizer = load_tokenizer("smollm2")
+    info = describe_backbone(model)
+    assert (info["num_layers"], info["hidden_size"]) == (30, 576)
+    assert (info["num_attention_heads"], info["num_key_value_heads"], info["head_dim"]) == (9, 3, 64)
+    assert model.dtype == torch.float32 and tokenizer.pad_token is not None
+
+    batch = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, batch["input_ids"].shape[1] :])
+
+    # A fresh conversion (into tmp, leaving the shared cache alone) yields the very same weights.
+    fresh = convert_gguf(alias.fetch_files(), alias.gguf_file, tmp_path / "smollm2")
+    assert [p.name for p in tmp_path.iterdir()] == ["smollm2"]
+    assert backbone_fingerprint(load_backbone(str(fresh), "causal_lm")) == backbone_fingerprint(model)
