@@ -1,27 +1,28 @@
-"""``ptv2``: one command line for training, evaluation, prediction and the demo.
+"""``ptv2``: one command line for training, evaluation, prediction, comparison and benchmarks.
 
-Each sub-command lives in its own module with ``add_parser(subparsers)`` and ``run(args)``.
+Each sub-command is a module in ``ptuning_v2.cli.commands`` with ``add_parser(subparsers)``; the
+parser it adds sets ``func`` to the function that runs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import pkgutil
 import sys
 from collections.abc import Sequence
 
-from ptuning_v2.cli import commands, data_cmd, demo
-
-COMMAND_MODULES = [commands.train, commands.evaluate, commands.predict, demo, data_cmd]
+from ptuning_v2.cli import commands
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ptv2", description="P-Tuning v2: deep prompts on frozen transformers"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for module in COMMAND_MODULES:
-        module.add_parser(sub)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{info.name}").add_parser(sub)
     return parser
 
 
@@ -33,13 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line for users; PTV2_DEBUG=1 shows the traceback
-        if os.environ.get("PTV2_DEBUG") or not _is_user_error(exc):
+        if os.environ.get("PTV2_DEBUG") or not is_user_error(exc):
             raise
         print(f"ptv2 {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 
-def _is_user_error(exc: Exception) -> bool:
+def is_user_error(exc: Exception) -> bool:
+    """Errors about the user's input or environment, whose message says all there is to say."""
     from ptuning_v2.config import ConfigError
     from ptuning_v2.data import DataError
     from ptuning_v2.models import ModelLoadError

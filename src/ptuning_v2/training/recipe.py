@@ -15,8 +15,9 @@ from datasets import DatasetDict
 from torch import nn
 
 import ptuning_v2.tasks  # noqa: F401  (registers the task families)
-from ptuning_v2.config import RunConfig
+from ptuning_v2.config import RunConfig, apply_overrides
 from ptuning_v2.data import DataError, get_builtin, load_builtin
+from ptuning_v2.evaluation.runner import evaluate_split
 from ptuning_v2.methods import get_method
 from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
 from ptuning_v2.tasks.base import Task, get_task
@@ -145,3 +146,37 @@ def load_trained(
     load_trained_tensors(checkpoint_dir, model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return task, model.to(device).eval()
+
+
+def evaluate_checkpoint(checkpoint_dir: Path, output_dir: Path, overrides: list[str] | None = None) -> dict:
+    """Metrics of a checkpoint on its own dev/test data (or data changed by ``overrides``)."""
+    meta = read_checkpoint_meta(checkpoint_dir)
+    run = RunConfig.from_dict(
+        apply_overrides(meta["run_config"], overrides or []), source=str(checkpoint_dir)
+    )
+    task, model = load_trained(checkpoint_dir, run=run)
+    splits = load_splits(run, type(task))
+    device = next(model.parameters()).device
+    results = {}
+    for split in ("validation", "test"):
+        if split in splits:
+            features = task.featurize(splits[split], split)
+            results[split] = evaluate_split(
+                task, model, splits[split], features, run.train.eval_batch_size, device
+            )
+    trainable = meta["num_parameters"]
+    metrics = {
+        "method": run.method,
+        "task": run.task,
+        "model": run.model,
+        "data": run.data.name or run.data.test or run.data.validation,
+        "checkpoint": str(checkpoint_dir),
+        "dev": results.get("validation", {}),
+        "test": results.get("test", {}),
+        "trainable_params": trainable,
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "train_seconds": 0.0,
+        "checkpoint_bytes": checkpoint_bytes(checkpoint_dir),
+    }
+    write_json_atomic(Path(output_dir) / "metrics.json", metrics)
+    return metrics

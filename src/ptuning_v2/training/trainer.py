@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ptuning_v2.config import RunConfig
+from ptuning_v2.evaluation.runner import evaluate_split
 from ptuning_v2.tasks.base import Task
 from ptuning_v2.training.checkpoint import save_tensors, trainable_state
 from ptuning_v2.training.optim import build_optimizer, build_scheduler
@@ -106,20 +107,17 @@ class Trainer:
             k: v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
         }
 
-    def eval_batches(self, features: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        size = self.cfg.eval_batch_size
-        for start in range(0, len(features), size):
-            yield self._to_device(self.task.collate(features[start : start + size]))
-
     def evaluate(self, split: str) -> dict[str, Any]:
         dataset, features = self.eval_sets[split]
-        model = self.unwrapped
-        was_training = model.training
-        model.eval()
-        with torch.no_grad(), self.accelerator.autocast():
-            metrics = self.task.evaluate(model, self.eval_batches(features), dataset, features)
-        model.train(was_training)
-        return metrics
+        return evaluate_split(
+            self.task,
+            self.unwrapped,
+            dataset,
+            features,
+            self.cfg.eval_batch_size,
+            self.accelerator.device,
+            self.accelerator.autocast(),
+        )
 
     def _log(self, record: dict[str, Any]) -> None:
         self.state.history.append(record)

@@ -1,5 +1,1 @@
-"""Sub-commands that train, evaluate and predict."""
-
-from ptuning_v2.cli.commands import evaluate, predict, train
-
-__all__ = ["evaluate", "predict", "train"]
+"""Sub-commands of ``ptv2``: every module here with ``add_parser`` is one command."""
