@@ -74,9 +74,16 @@ def build_model(run: RunConfig, task: Task, backbone: nn.Module, tokenizer: Any)
 
 
 def train_run(
-    run: RunConfig, output_dir: str | Path, resume: bool = False, show_progress: bool = True
+    run: RunConfig,
+    output_dir: str | Path,
+    resume: bool = False,
+    show_progress: bool = True,
+    pause_at_step: int | None = None,
 ) -> dict:
-    """Train, pick the best dev checkpoint, evaluate it on dev and test, write ``metrics.json``."""
+    """Train, pick the best dev checkpoint, evaluate it on dev and test, write ``metrics.json``.
+
+    ``pause_at_step`` stops early with a resumable state (``resume=True`` continues it exactly).
+    """
     output_dir = Path(output_dir)
     set_seed(run.train.seed)
     task_cls = get_task(run.task)
@@ -101,7 +108,9 @@ def train_run(
         )
 
     trainer = Trainer(run, task, model, features["train"], eval_sets, output_dir, save, show_progress)
-    state = trainer.train(resume=resume)
+    state = trainer.train(resume=resume, stop_at_step=pause_at_step)
+    if state.step < trainer.total_steps and not state.stopped_early:
+        return {"paused_at_step": state.step, "state": str(output_dir / "last")}
     checkpoint_dir = output_dir / "checkpoint"
     load_trained_tensors(checkpoint_dir, trainer.unwrapped)
     metrics = {
@@ -131,11 +140,14 @@ def train_run(
 
 
 def load_trained(
-    checkpoint_dir: str | Path, device: str | torch.device | None = None
+    checkpoint_dir: str | Path, device: str | torch.device | None = None, run: RunConfig | None = None
 ) -> tuple[Task, nn.Module]:
-    """Rebuild a trained task model from a checkpoint folder, checking the backbone's fingerprint."""
+    """Rebuild a trained task model from a checkpoint folder, checking the backbone's fingerprint.
+
+    ``run`` replaces the stored run config (e.g. to evaluate on other data); the model part must match.
+    """
     meta = read_checkpoint_meta(checkpoint_dir)
-    run = RunConfig.from_dict(meta["run_config"], source=str(checkpoint_dir))
+    run = run or RunConfig.from_dict(meta["run_config"], source=str(checkpoint_dir))
     task_cls = get_task(run.task)
     tokenizer = load_tokenizer(run.model)
     backbone = load_backbone(run.model, task_cls.backbone_kind)
@@ -165,6 +177,7 @@ def evaluate_checkpoint(checkpoint_dir: Path, output_dir: Path, overrides: list[
                 task, model, splits[split], features, run.train.eval_batch_size, device
             )
     trainable = meta["num_parameters"]
+    total = sum(p.numel() for p in model.parameters())
     metrics = {
         "method": run.method,
         "task": run.task,
@@ -174,7 +187,8 @@ def evaluate_checkpoint(checkpoint_dir: Path, output_dir: Path, overrides: list[
         "dev": results.get("validation", {}),
         "test": results.get("test", {}),
         "trainable_params": trainable,
-        "total_params": sum(p.numel() for p in model.parameters()),
+        "total_params": total,
+        "trainable_share": trainable / total,
         "train_seconds": 0.0,
         "checkpoint_bytes": checkpoint_bytes(checkpoint_dir),
     }

@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output-dir", help="where metrics.json, log.jsonl and the checkpoint go (or output_dir)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUTPUT_DIR/last")
+    p.add_argument(
+        "--pause-at-step", type=int, help="stop after this many steps; continue later with --resume"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -32,7 +35,16 @@ def run(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or config.output_dir
     if not output_dir:
         raise FileNotFoundError("no output directory: pass --output-dir DIR or set output_dir in the config")
-    metrics = train_run(config, output_dir, resume=args.resume, show_progress=not args.no_progress)
+    metrics = train_run(
+        config,
+        output_dir,
+        resume=args.resume,
+        show_progress=not args.no_progress,
+        pause_at_step=args.pause_at_step,
+    )
+    if "paused_at_step" in metrics:
+        print(f"paused at step {metrics['paused_at_step']}; continue with --resume --output-dir {output_dir}")
+        return 0
     print(json.dumps(summary(metrics), indent=2))
     return 0
 
