@@ -125,3 +125,12 @@ def test_early_stopping_stops_after_patience(
     )
     metrics = train_run(config, tmp_path / "run", show_progress=False)
     assert metrics["stopped_early"] and metrics["steps"] == 6 and metrics["best_step"] == 2
+
+
+def test_same_seed_same_run(tiny_bert_dir: Path, sentiment_csvs: dict[str, Path], tmp_path: Path) -> None:
+    config = run_config(tiny_bert_dir, sentiment_csvs, "train.max_steps=4", "train.eval_every=2")
+    train_run(config, tmp_path / "a", show_progress=False)
+    train_run(config, tmp_path / "b", show_progress=False)
+    a = load_file(str(tmp_path / "a" / "checkpoint" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint" / "adapter.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -86,7 +86,10 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.save_checkpoint = save_checkpoint
         self.show_progress = show_progress
-        self.accelerator = Accelerator(mixed_precision=resolve_mixed_precision(self.cfg.mixed_precision))
+        # cpu=True without a GPU lets several CPU processes (torchrun / accelerate launch) train with gloo.
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), mixed_precision=resolve_mixed_precision(self.cfg.mixed_precision)
+        )
         self.optimizer = build_optimizer(model, self.cfg)
         world = self.accelerator.num_processes
         micro_per_epoch = math.ceil(math.ceil(len(train_features) / world) / self.cfg.batch_size)

@@ -10,7 +10,7 @@ from ptuning_v2.utils.io import write_json_atomic
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train P-Tuning v2 on MiniLM + Rotten Tomatoes (~5 min on 2 CPU cores)")
-    p.add_argument("--output-dir", default="runs/demo", help="where both runs and demo.json go")
+    p.add_argument("--output-dir", default="runs/demo", help="where metrics.json and both runs go")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -35,9 +35,10 @@ def run(args: argparse.Namespace) -> int:
         config = load_run_config(recipe_path("demo"), [*args.overrides, f"method={method}"])
         results[method] = train_run(config, output / method, show_progress=not args.no_progress)
     report = demo_report(results)
-    write_json_atomic(output / "demo.json", report)
+    write_json_atomic(output / "metrics.json", {**results["ptuning_v2"], "baseline_linear_probe": results["linear_probe"],
+                                                "summary": report})
     print(format_report(report))
-    print(f"(details: {output / 'demo.json'}, metrics.json and checkpoint/ under each run folder)")
+    print(f"(details: {output / 'metrics.json'}; each run's log and checkpoint under {output}/<method>/)")
     return 0
 
 
