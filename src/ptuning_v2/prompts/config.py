@@ -10,6 +10,7 @@ InjectionMode = Literal["prefix", "hidden"]
 InitMethod = Literal["random", "zero", "text"]
 LengthSchedule = Literal["constant", "adaptive"]
 SlotKind = Literal["self", "decoder_self", "cross"]
+PositionOffset = Literal["none", "prefix"]
 
 
 @dataclass
@@ -42,6 +43,10 @@ class DeepPromptConfig:
     reparam_hidden_size: int = 512
     dropout: float = 0.0
     """Dropout on the prompt tensors during training (shared across the batch)."""
+    position_offset: PositionOffset = "none"
+    """Decoder-only models: ``none`` keeps the real tokens at positions 0..n-1 (the prompt takes no
+    position); ``prefix`` shifts them by the prompt length, as PEFT's prefix tuning does when it passes
+    the prefix as a cache (needed for exported prompts to give the same logits under PEFT)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -63,6 +68,10 @@ class DeepPromptConfig:
             raise ValueError(f"prompt.task_complexity must be in [0, 1], got {self.task_complexity}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"prompt.dropout must be in [0, 1), got {self.dropout}")
+        if self.position_offset not in ("none", "prefix"):
+            raise ValueError(
+                f"prompt.position_offset must be 'none' or 'prefix', got {self.position_offset!r}"
+            )
         if self.min_length < 0 or self.max_length < self.min_length:
             raise ValueError(f"prompt.min_length/max_length invalid: {self.min_length}, {self.max_length}")
         if self.layer_lengths is not None:

@@ -12,6 +12,13 @@ from ptuning_v2.prompts.config import DeepPromptConfig
 from ptuning_v2.prompts.deep_prompt import DeepPrompt
 
 
+def mask_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only, as ``generate()`` makes them: with left padding the
+    real tokens still sit at 0..n-1 (a prefix with no position makes absolute positions matter)."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
 class DeepPromptModel(nn.Module):
     """Wraps a transformers model; call it exactly as the model (``forward`` and ``generate``).
 
@@ -37,6 +44,14 @@ class DeepPromptModel(nn.Module):
             getattr(backbone.config, "hidden_size", None) or backbone.config.get_text_config().hidden_size
         )
         self.prompt = DeepPrompt(config, shapes, hidden)
+        # Decoder-only language models get position ids from the mask (plus the optional offset).
+        self.decoder_only = backbone.can_generate() and not getattr(
+            backbone.config, "is_encoder_decoder", False
+        )
+        if config.position_offset == "prefix" and not self.decoder_only:
+            raise ValueError("prompt.position_offset 'prefix' applies to decoder-only language models only")
+        longest = max((n for n, _ in shapes.values()), default=0)
+        self.position_offset = longest if config.position_offset == "prefix" else 0
         if config.init == "text":
             self.init_from_text(config.init_text or "", tokenizer)
 
@@ -59,11 +74,29 @@ class DeepPromptModel(nn.Module):
         self.backbone.train(was_training)
         self.prompt.init_from(states)
 
+    def with_positions(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Decoder-only models: position ids of the real tokens (from the mask unless given), shifted by
+        ``position_offset``; other models: ``inputs`` unchanged."""
+        if not self.decoder_only:
+            return inputs
+        positions = inputs.get("position_ids")
+        if positions is None:
+            mask = inputs.get("attention_mask")
+            if mask is None and not self.position_offset:
+                return inputs  # the backbone's own positions are already 0..n-1
+            tokens = inputs["input_ids"] if inputs.get("input_ids") is not None else inputs["inputs_embeds"]
+            if mask is None:
+                cache = inputs.get("cache", inputs.get("past_key_values"))
+                past = cache.get_seq_length() if cache is not None else 0
+                mask = torch.ones(tokens.shape[0], past + tokens.shape[1], device=tokens.device)
+            positions = mask_positions(mask)[:, -tokens.shape[1] :]
+        return {**inputs, "position_ids": positions + self.position_offset}
+
     def forward(self, **inputs: Any) -> Any:
         with self.injector.activate(self.prompt()):
-            return self.backbone(**inputs)
+            return self.backbone(**self.with_positions(inputs))
 
     @torch.no_grad()
     def generate(self, **kwargs: Any) -> Any:
         with self.injector.activate(self.prompt()):
-            return self.backbone.generate(**kwargs)
+            return self.backbone.generate(**self.with_positions(kwargs))

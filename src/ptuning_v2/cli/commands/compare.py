@@ -1,0 +1,91 @@
+"""``ptv2 compare CONFIG.yaml --methods a,b,... --output-dir DIR``: methods side by side on one budget."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from ptuning_v2.config import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ptuning_v2.evaluation.compare import DEFAULT_METHODS
+
+    p = sub.add_parser(
+        "compare",
+        help="train several methods on the same data and budget; write comparison.json/.md/.png",
+    )
+    p.add_argument("config", help="YAML run config shared by all methods (its 'method' field is ignored)")
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)})",
+    )
+    p.add_argument("--output-dir", required=True, help="where comparison.json, .md and .png go")
+    p.add_argument(
+        "--runs-dir", help="where each method's run (checkpoint, logs) goes (default OUTPUT_DIR/runs)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field for every method, e.g. --set train.max_steps=200",
+    )
+    p.add_argument(
+        "--method-set",
+        dest="method_overrides",
+        action="append",
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="override a field for one method, e.g. --method-set full:train.lr=5e-5",
+    )
+    p.set_defaults(func=run)
+
+
+def parse_method_overrides(items: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        method, sep, override = item.partition(":")
+        if not sep or not method or "=" not in override:
+            raise ConfigError(f"--method-set {item!r}: expected METHOD:KEY=VALUE")
+        out.setdefault(method.strip(), []).append(override)
+    return out
+
+
+def command_line(args: argparse.Namespace, methods: list[str]) -> str:
+    """The command, rebuilt from its arguments, for the report."""
+    parts = ["ptv2", "compare", args.config, "--methods", ",".join(methods), "--output-dir", args.output_dir]
+    if args.runs_dir:
+        parts += ["--runs-dir", args.runs_dir]
+    for override in args.overrides:
+        parts += ["--set", override]
+    for override in args.method_overrides:
+        parts += ["--method-set", override]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ptuning_v2.evaluation.compare import markdown_report, read_base_config, run_comparison
+    from ptuning_v2.methods import get_method
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError("--methods: no method given")
+    for method in methods:
+        try:
+            get_method(method)
+        except ValueError as exc:
+            raise ConfigError(f"--methods: {exc}") from exc
+    result = run_comparison(
+        read_base_config(args.config, args.overrides),
+        methods,
+        args.output_dir,
+        runs_dir=args.runs_dir,
+        method_overrides=parse_method_overrides(args.method_overrides),
+        source=args.config,
+        command=command_line(args, methods),
+    )
+    print(markdown_report(result))
+    return 1 if any(row["status"] != "ok" for row in result["methods"]) else 0

@@ -1,0 +1,57 @@
+"""LoRA (Hu et al., 2021) through the PEFT library: low-rank updates of the attention projections.
+
+PEFT's ``inject_adapter_in_model`` adds the LoRA layers to the backbone in place and leaves only
+them trainable, so the encoder stays the backbone itself (same ``config``, ``forward``, ``generate``)
+and the task head sits on top as for every other method. Checkpoints store the LoRA matrices (the
+parameters that require grad) under stable names; rebuilding injects the same layers again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peft import LoraConfig, inject_adapter_in_model
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from torch import nn
+
+from ptuning_v2.config import ConfigError, RunConfig
+from ptuning_v2.methods.registry import Method, freeze, register_method
+
+RANK = 8
+ALPHA = 16
+DROPOUT = 0.1
+# Query/value projections under the names common architectures give them, for models PEFT's table lacks.
+_FALLBACK_NAMES = (("query", "value"), ("q_proj", "v_proj"), ("q", "v"), ("q_lin", "v_lin"))
+
+
+def lora_targets(backbone: nn.Module) -> list[str]:
+    """The attention projections to adapt: PEFT's table for the model type, else query/value by name."""
+    model_type = getattr(backbone.config, "model_type", None)
+    known = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if known:
+        return list(known)
+    leaves = {
+        name.rsplit(".", 1)[-1] for name, module in backbone.named_modules() if isinstance(module, nn.Linear)
+    }
+    for names in _FALLBACK_NAMES:
+        if set(names) <= leaves:
+            return list(names)
+    raise ConfigError(
+        f"method lora: no query/value projections found in model type {model_type!r} "
+        f"(looked for {[list(n) for n in _FALLBACK_NAMES]})"
+    )
+
+
+def build_lora(backbone: nn.Module, config: RunConfig, tokenizer: Any) -> nn.Module:
+    lora = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules=lora_targets(backbone))
+    return inject_adapter_in_model(lora, freeze(backbone))
+
+
+register_method(
+    Method(
+        "lora",
+        f"LoRA through PEFT: rank-{RANK} updates of the attention query/value projections (Hu et al., 2021)",
+        build_lora,
+        {"train": {"lr": 1e-3, "head_lr": 5e-3}},
+    )
+)

@@ -1,0 +1,31 @@
+"""Prefix tuning (Li & Liang, 2021): deep prefixes produced by an MLP over a shared embedding.
+
+The same deep prompts as P-Tuning v2, reparameterised (``prompt.reparameterize`` is forced on, and
+``prompt.reparam_hidden_size`` is the MLP's width); ``DeepPrompt.fold()`` replaces the MLP by the
+prefixes it produces once training is over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from ptuning_v2.config import RunConfig
+from ptuning_v2.methods.registry import Method, register_method
+from ptuning_v2.prompts.model import DeepPromptModel
+
+
+def build_prefix_tuning(backbone: nn.Module, config: RunConfig, tokenizer: Any) -> nn.Module:
+    return DeepPromptModel(backbone, dataclasses.replace(config.prompt, reparameterize=True), tokenizer)
+
+
+register_method(
+    Method(
+        "prefix_tuning",
+        "Prefix tuning: deep prefixes through an MLP reparameterisation (Li & Liang, 2021)",
+        build_prefix_tuning,
+        {"prompt": {"reparameterize": True}, "train": {"lr": 5e-3, "head_lr": 5e-3}},
+    )
+)

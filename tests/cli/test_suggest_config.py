@@ -1,0 +1,54 @@
+"""``ptv2 suggest-config``: a valid starting config that follows the prompt-length guidance."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from transformers import LlamaConfig
+
+from ptuning_v2.cli.commands.suggest_config import GUIDANCE
+from ptuning_v2.cli.main import main
+from ptuning_v2.config import load_run_config
+from ptuning_v2.tasks import TASKS
+
+
+def suggested(capsys, tmp_path, *argv: str):
+    assert main(["suggest-config", *argv]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Starting point") and "not a tuned config" in out
+    path = tmp_path / "suggested.yaml"
+    path.write_text(out, encoding="utf-8")
+    return load_run_config(path), yaml.safe_load(out)
+
+
+@pytest.mark.parametrize("task", sorted(set(GUIDANCE) & set(TASKS)))
+def test_every_task_gets_a_valid_config_with_its_prompt_length(tiny_bert_dir, capsys, tmp_path, task) -> None:
+    config, raw = suggested(capsys, tmp_path, "--task", task, "--model", str(tiny_bert_dir))
+    assert (config.task, config.method, config.model) == (task, "ptuning_v2", str(tiny_bert_dir))
+    assert config.prompt.num_virtual_tokens == GUIDANCE[task].prompt_length
+    assert config.train.lr == GUIDANCE[task].lr
+    assert raw["data"]  # a built-in data set or file placeholders
+
+
+def test_sequence_labelling_gets_longer_prompts_than_classification() -> None:
+    assert GUIDANCE["ner"].prompt_length >= 4 * GUIDANCE["classification"].prompt_length
+    assert GUIDANCE["classification"].prompt_length < 20
+
+
+def test_very_large_models_get_shorter_prompts(capsys, tmp_path) -> None:
+    big = tmp_path / "big"
+    LlamaConfig(hidden_size=8192, num_hidden_layers=80, vocab_size=32000).save_pretrained(big)
+    config, _ = suggested(capsys, tmp_path, "--task", "classification", "--model", str(big))
+    assert config.prompt.num_virtual_tokens == GUIDANCE["classification"].prompt_length // 4
+
+
+def test_other_methods_keep_their_own_learning_rates(tiny_bert_dir, capsys, tmp_path) -> None:
+    config, raw = suggested(
+        capsys, tmp_path, "--task", "classification", "--model", str(tiny_bert_dir), "--method", "full"
+    )
+    assert config.train.lr == 2e-5 and "prompt" not in raw
+
+
+def test_unknown_task_is_a_clear_error(tiny_bert_dir, capsys) -> None:
+    assert main(["suggest-config", "--task", "poetry", "--model", str(tiny_bert_dir)]) == 2
+    assert "poetry" in capsys.readouterr().err
