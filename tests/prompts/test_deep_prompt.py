@@ -155,3 +155,10 @@ def test_per_example_prompts_select_per_row() -> None:
         second = model.backbone(**IDS).last_hidden_state
     torch.testing.assert_close(mixed[0:1], model(**IDS).last_hidden_state, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(mixed[1:2], second, atol=1e-6, rtol=1e-6)
+
+
+def test_hidden_mode_refuses_decoders(tiny_llama_dir) -> None:
+    from transformers import LlamaForCausalLM
+
+    with pytest.raises(ValueError, match="hidden' supports encoder models"):
+        DeepPromptModel(LlamaForCausalLM.from_pretrained(tiny_llama_dir), DeepPromptConfig(mode="hidden"))

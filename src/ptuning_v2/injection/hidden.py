@@ -53,11 +53,8 @@ class HiddenInjector:
 
     def __init__(self, model: nn.Module, attach_to: list[str]) -> None:
         config = model.config
-        if (
-            getattr(config, "is_encoder_decoder", False)
-            or getattr(config, "is_decoder", False)
-            or (type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")))
-        ):
+        generative = getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False)
+        if generative or model.can_generate():
             raise ValueError("prompt.mode 'hidden' supports encoder models; use mode 'prefix' for decoders")
         self.model = model
         hidden = config.hidden_size

@@ -70,7 +70,11 @@ def slots_from_probe(model: nn.Module, calls: list[ProbeCall], encoder_len: int 
     counters: dict[str, int] = {}
     for call in calls:
         if id(call.module) in seen:
-            continue
+            raise ValueError(
+                f"{type(model).__name__} shares one attention module across layers "
+                f"({paths[id(call.module)]}), so per-layer prompts cannot be told apart; ALBERT-style "
+                "weight sharing is not supported"
+            )
         seen.add(id(call.module))
         if is_enc_dec and call.query_len != encoder_len:
             kind: SlotKind = "cross" if call.key_len == encoder_len else "decoder_self"
