@@ -64,7 +64,8 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     metric_for_best: str | None = None
     seed: int = 42
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """auto: bf16 on a CUDA GPU that supports it, full precision on CPU."""
     save_every: int | None = None
     """Write a resumable state every N steps (always at each evaluation)."""
 
