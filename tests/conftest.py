@@ -8,6 +8,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
+# Tiny models run fastest on one thread; more threads only add contention on a 2-core machine.
+torch.set_num_threads(1)
+
 WORDS = [
     "the",
     "a",

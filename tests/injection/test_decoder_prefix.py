@@ -71,7 +71,10 @@ def test_grouped_query_attention_gets_one_key_and_value_per_kv_head() -> None:
         ("self_0", 2, 8),
         ("self_1", 2, 8),
     ]
-    assert {n: tuple(p.shape) for n, p in model.prompt.prompts.items()} == {"self_0": (3, 32), "self_1": (3, 32)}
+    assert {n: tuple(p.shape) for n, p in model.prompt.prompts.items()} == {
+        "self_0": (3, 32),
+        "self_1": (3, 32),
+    }
 
 
 def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:

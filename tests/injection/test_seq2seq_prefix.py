@@ -25,12 +25,13 @@ def tiny_t5(attn: str = "sdpa") -> T5ForConditionalGeneration:
 
 
 def tiny_bart(attn: str = "sdpa") -> BartForConditionalGeneration:
+    """Weights drawn with std 0.2 (not 0.02), so that every prefix visibly moves the logits."""
     torch.manual_seed(0)
     config = BartConfig(
         vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
         pad_token_id=PAD, bos_token_id=2, eos_token_id=EOS, decoder_start_token_id=EOS,
-        forced_eos_token_id=None, attn_implementation=attn,
+        forced_eos_token_id=None, init_std=0.2, attn_implementation=attn,
     )  # fmt: skip
     return BartForConditionalGeneration(config).eval()
 
@@ -39,8 +40,7 @@ MAKERS = {"t5": tiny_t5, "bart": tiny_bart}
 
 
 def prompted(name: str, attn: str = "sdpa", attach_to: tuple[str, ...] = KINDS) -> DeepPromptModel:
-    # BART's small random weights need a large prompt for its effect to stand clear of rounding.
-    config = DeepPromptConfig(num_virtual_tokens=3, init_std=5.0, attach_to=list(attach_to))
+    config = DeepPromptConfig(num_virtual_tokens=3, init_std=1.0, attach_to=list(attach_to))
     return DeepPromptModel(MAKERS[name](attn), config).eval()
 
 
@@ -87,7 +87,10 @@ def test_t5_attention_matches_hand_computation(attn: str) -> None:
     """Prefix columns get no relative-position bias, are never masked, and T5 does not scale scores."""
     model = prompted("t5", attn)
     decoder = model.backbone.decoder.block
-    modules = {"decoder_self_0": decoder[0].layer[0].SelfAttention, "cross_1": decoder[1].layer[1].EncDecAttention}
+    modules = {
+        "decoder_self_0": decoder[0].layer[0].SelfAttention,
+        "cross_1": decoder[1].layer[1].EncDecAttention,
+    }
     captured = {}
     handles = [
         module.register_forward_hook(
@@ -119,10 +122,10 @@ def test_t5_attention_matches_hand_computation(attn: str) -> None:
             if name.startswith("decoder_self"):
                 bias = module.compute_bias(q_len, kv_len, device=q.device)
                 scores = scores + torch.cat([torch.zeros(1, heads, q_len, k), bias], dim=-1)
-                visible = torch.ones(q_len, kv_len, dtype=torch.bool).tril()[None]
+                visible = torch.ones(q_len, kv_len, dtype=torch.bool).tril().expand(b, -1, -1)
             else:
-                visible = batch["attention_mask"].bool()[:, None, :]
-            visible = torch.cat([torch.ones(visible.shape[0], q_len, k, dtype=torch.bool), visible], dim=-1)
+                visible = batch["attention_mask"].bool()[:, None, :].expand(-1, q_len, -1)
+            visible = torch.cat([torch.ones(b, q_len, k, dtype=torch.bool), visible], dim=-1)
             scores = scores.masked_fill(~visible[:, None], float("-inf"))
             reference = module.o((scores.softmax(-1) @ value).transpose(1, 2).reshape(b, q_len, -1))
         torch.testing.assert_close(output, reference, atol=1e-5, rtol=1e-5)
@@ -161,13 +164,21 @@ def test_cached_generation_equals_recomputation(name: str, mode: str, attn: str)
         torch.manual_seed(7)
         results.append(
             model.generate(
-                **batch, max_new_tokens=5, min_new_tokens=5, use_cache=use_cache, return_dict_in_generate=True,
-                output_logits=True, output_scores=True, **MODES[mode],
+                **batch,
+                max_new_tokens=5,
+                min_new_tokens=5,
+                use_cache=use_cache,
+                return_dict_in_generate=True,
+                output_logits=True,
+                output_scores=True,
+                **MODES[mode],
             )  # fmt: skip
         )
     cached, recomputed = results
     assert torch.equal(cached.sequences, recomputed.sequences)
     for a, b in zip(cached.logits + cached.scores, recomputed.logits + recomputed.scores, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    plain = MAKERS[name](attn).generate(**batch, max_new_tokens=1, return_dict_in_generate=True, output_logits=True)
+    plain = MAKERS[name](attn).generate(
+        **batch, max_new_tokens=1, return_dict_in_generate=True, output_logits=True
+    )
     assert (plain.logits[0] - cached.logits[0][:2]).abs().max() > 1e-3

@@ -7,6 +7,8 @@ hidden mode it is the hidden size. How the matrices reach the model is the injec
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 
@@ -24,6 +26,8 @@ class DeepPrompt(nn.Module):
         self.shapes = dict(shapes)
         self.hidden_size = hidden_size
         self.dropout = nn.Dropout(config.dropout)
+        # (parameters, their versions/addresses, prompts) of the last forward without autograd in eval mode
+        self._cache: tuple[list[nn.Parameter], list[tuple], dict[str, torch.Tensor]] | None = None
         if config.reparameterize:
             if config.init != "random":
                 raise ValueError("prompt.reparameterize supports prompt.init='random' only")
@@ -54,7 +58,18 @@ class DeepPrompt(nn.Module):
         return out
 
     def forward(self) -> dict[str, torch.Tensor]:
-        return {name: self.dropout(t) for name, t in self.raw().items()}
+        """The prompts after dropout. In eval mode without autograd (inference) they are computed once
+        and reused until a parameter changes: in place (optimizer step, ``load_state_dict``: the version
+        counter moves), or replaced (``fold``, ``.to``)."""
+        if self.training or torch.is_grad_enabled():
+            return {name: self.dropout(t) for name, t in self.raw().items()}
+        params = list(self.parameters())
+        state = [(p._version, p.data_ptr(), p.dtype, p.device) for p in params]
+        cache = self._cache
+        fresh = cache is not None and cache[1] == state and all(map(operator.is_, cache[0], params))
+        if not fresh:
+            cache = self._cache = (params, state, self.raw())
+        return dict(cache[2])
 
     @torch.no_grad()
     def fold(self) -> None:

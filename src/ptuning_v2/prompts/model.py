@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -45,8 +46,10 @@ class DeepPromptModel(nn.Module):
         )
         self.prompt = DeepPrompt(config, shapes, hidden)
         # Decoder-only language models get position ids from the mask (plus the optional offset).
-        self.decoder_only = backbone.can_generate() and not getattr(
-            backbone.config, "is_encoder_decoder", False
+        self.decoder_only = (
+            backbone.can_generate()
+            and not getattr(backbone.config, "is_encoder_decoder", False)
+            and "position_ids" in inspect.signature(backbone.forward).parameters
         )
         if config.position_offset == "prefix" and not self.decoder_only:
             raise ValueError("prompt.position_offset 'prefix' applies to decoder-only language models only")

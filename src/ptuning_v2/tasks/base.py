@@ -22,6 +22,8 @@ class Task(ABC):
     backbone_kind: ClassVar[BackboneKind] = "encoder"
     main_metric: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
+    data_family: ClassVar[str | None] = None
+    """The ``task`` of the built-in data sets it reads, when not its own name (causal_lm reads seq2seq data)."""
 
     def __init__(self, config: RunConfig, tokenizer: Any) -> None:
         self.config = config

@@ -41,7 +41,7 @@ def load_splits(run: RunConfig, task_cls: type[Task]) -> DatasetDict:
         )
     if data.name:
         builtin = get_builtin(data.name)
-        if builtin.task != task_cls.name:
+        if builtin.task != (task_cls.data_family or task_cls.name):
             raise DataError(
                 f"built-in data set {data.name!r} is for task {builtin.task!r}, not {task_cls.name!r}"
             )

@@ -1,0 +1,1 @@
+"""Conversions between ptuning-v2 prompts and other libraries' adapter formats."""
