@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from ptuning_v2.config import ConfigError, RunConfig, apply_overrides, with_method_defaults
+from ptuning_v2.config import ConfigError, RunConfig, apply_overrides, read_config_file, with_method_defaults
 from ptuning_v2.utils.io import atomic_write, write_json_atomic, write_text_atomic
 
 DEFAULT_METHODS = (
@@ -40,16 +39,7 @@ LOG_FILE = "train.log"
 
 def read_base_config(path: str | Path, overrides: list[str]) -> dict[str, Any]:
     """The user's YAML config and ``--set`` overrides as a dict, before any method's defaults."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
-    return apply_overrides(data, overrides)
+    return apply_overrides(read_config_file(path), overrides)
 
 
 def method_config(base: dict[str, Any], method: str, overrides: list[str], source: str) -> RunConfig:
