@@ -16,7 +16,9 @@ from ptuning_v2.evaluation.squad import exact_match, normalize_answer, squad_met
 def test_normalisation_drops_case_punctuation_articles_and_extra_spaces() -> None:
     assert normalize_answer("The  Quick, brown fox!") == "quick brown fox"
     assert normalize_answer("U.S.") == "us"
-    assert normalize_answer("another theme, an apple") == "another theme apple"  # articles as whole words only
+    assert (
+        normalize_answer("another theme, an apple") == "another theme apple"
+    )  # articles as whole words only
     assert normalize_answer("café—latte") == "café—latte"  # only ASCII punctuation goes
 
 
@@ -40,7 +42,9 @@ def test_hand_checked_pairs(prediction, gold, em, f1) -> None:
 def test_best_over_gold_answers_and_percent_totals() -> None:
     assert squad_scores("Broncos", ["Denver Broncos", "Denver"]) == (0.0, pytest.approx(2 / 3))
     assert squad_scores("Denver Broncos", ["The Denver Broncos", "Broncos"]) == (1.0, 1.0)
-    metrics = squad_metrics({"q1": "Denver Broncos", "q2": "Broncos"}, {"q1": ["Denver Broncos"], "q2": ["Denver Broncos"]})
+    metrics = squad_metrics(
+        {"q1": "Denver Broncos", "q2": "Broncos"}, {"q1": ["Denver Broncos"], "q2": ["Denver Broncos"]}
+    )
     assert metrics["exact_match"] == 50.0 and metrics["f1"] == pytest.approx(100 * (1 + 2 / 3) / 2)
     with pytest.raises(ValueError, match="no prediction"):
         squad_metrics({}, {"q1": ["x"]})
@@ -51,7 +55,10 @@ def test_version_2_empty_answers() -> None:
     assert token_f1("", "") == 0.0 and token_f1("", "", version_2=True) == 1.0
     assert squad_scores("", [], version_2=True) == (1.0, 1.0)
     assert squad_scores("Paris", [], version_2=True) == (0.0, 0.0)
-    assert squad_scores("", ["a", "Paris"], version_2=True) == (0.0, 0.0)  # "a" normalises away: gold is Paris
+    assert squad_scores("", ["a", "Paris"], version_2=True) == (
+        0.0,
+        0.0,
+    )  # "a" normalises away: gold is Paris
     metrics = squad_metrics({"q1": "", "q2": "Paris"}, {"q1": [], "q2": ["Paris"]}, version_2=True)
     assert metrics["has_ans_total"] == metrics["no_ans_total"] == 1 and metrics["f1"] == 100.0
 
@@ -109,11 +116,30 @@ def official_v2_compute_f1(a_gold, a_pred):
 
 def test_agrees_with_the_official_functions_on_random_strings() -> None:
     rng = random.Random(0)
-    pieces = ["the", "a", "an", "The", "Paris", "paris", "1889", "x", "y", ",", ".", "'s", "-", " ", "  ", "théâtre"]
+    pieces = [
+        "the",
+        "a",
+        "an",
+        "The",
+        "Paris",
+        "paris",
+        "1889",
+        "x",
+        "y",
+        ",",
+        ".",
+        "'s",
+        "-",
+        " ",
+        "  ",
+        "théâtre",
+    ]
     for _ in range(2000):
         pred = "".join(rng.choice(pieces) + rng.choice(["", " "]) for _ in range(rng.randint(0, 6)))
         gold = "".join(rng.choice(pieces) + rng.choice(["", " "]) for _ in range(rng.randint(0, 6)))
         assert normalize_answer(pred) == official_normalize_answer(pred)
-        assert exact_match(pred, gold) == float(official_normalize_answer(pred) == official_normalize_answer(gold))
+        assert exact_match(pred, gold) == float(
+            official_normalize_answer(pred) == official_normalize_answer(gold)
+        )
         assert token_f1(pred, gold) == pytest.approx(official_v1_f1_score(pred, gold))
         assert token_f1(pred, gold, version_2=True) == pytest.approx(official_v2_compute_f1(gold, pred))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import T5Config, T5ForConditionalGeneration
 
 from ptuning_v2.config import ConfigError, RunConfig
 from ptuning_v2.methods import get_method
@@ -75,3 +76,37 @@ def test_prompt_longer_than_the_position_table_is_a_config_error(tiny_bert_dir) 
 
 def test_train_and_reload_gives_the_same_predictions(train_and_reload, tiny_bert_dir) -> None:
     train_and_reload("prompt_tuning", tiny_bert_dir)
+
+
+def test_encoder_decoder_prompt_goes_to_the_encoder_input(tiny_bert_dir) -> None:
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_ff=64,
+        d_kv=8,
+        num_layers=2,
+        num_heads=4,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    backbone = T5ForConditionalGeneration(config).eval()
+    run = RunConfig.from_dict(
+        {
+            "method": "prompt_tuning",
+            "prompt": {"num_virtual_tokens": 2, "init": "text", "init_text": INIT_TEXT},
+        }
+    )
+    encoder = get_method("prompt_tuning").build(backbone, run, tokenizer).eval()
+    prefix = torch.tensor(tokenizer(INIT_TEXT, add_special_tokens=False)["input_ids"])[None]
+    ids = tokenizer("the film was good", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    labels = tokenizer("great", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    out = encoder(input_ids=ids, labels=labels)
+    ref = backbone(input_ids=torch.cat([prefix, ids], dim=1), labels=labels)
+    torch.testing.assert_close(out.logits, ref.logits)
+    torch.testing.assert_close(out.encoder_last_hidden_state, ref.encoder_last_hidden_state[:, 2:])
+    generated = encoder.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+    expected = backbone.generate(input_ids=torch.cat([prefix, ids], dim=1), max_new_tokens=4, do_sample=False)
+    assert generated.tolist() == expected.tolist()

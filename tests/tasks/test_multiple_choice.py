@@ -24,15 +24,25 @@ def test_each_choice_scored_and_padding_choices_masked(tiny_bert_dir) -> None:
     run = RunConfig.from_dict({"model": str(tiny_bert_dir), "task": "multiple_choice", "method": "full"})
     tokenizer = load_tokenizer(str(tiny_bert_dir))
     task = MultipleChoiceTask(run, tokenizer)
-    model = task.build_model(get_method("full").build(load_backbone(str(tiny_bert_dir), "encoder"), run, tokenizer))
+    model = task.build_model(
+        get_method("full").build(load_backbone(str(tiny_bert_dir), "encoder"), run, tokenizer)
+    )
     model.eval()
     rows = [
-        {"id": "0", "context": "the movie", "question": "was it", "choices": ["good", "bad", "awful"], "label": 0},
+        {
+            "id": "0",
+            "context": "the movie",
+            "question": "was it",
+            "choices": ["good", "bad", "awful"],
+            "label": 0,
+        },
         {"id": "1", "context": "", "question": "the film is", "choices": ["boring", "fun"], "label": 1},
     ]
     features = task.featurize(Dataset.from_list(rows, features=MC_FEATURES), "test")
     assert [len(f["choices"]) for f in features] == [3, 2]
-    assert tokenizer.decode(features[0]["choices"][1]["input_ids"]) == "[CLS] the movie was it [SEP] bad [SEP]"
+    assert (
+        tokenizer.decode(features[0]["choices"][1]["input_ids"]) == "[CLS] the movie was it [SEP] bad [SEP]"
+    )
     batch = task.collate(features)
     assert batch["input_ids"].shape[0] == 6 and batch["choice_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     out = model(batch)
@@ -54,24 +64,43 @@ def write_items(path: Path, n: int, seed: int) -> Path:
         wrong = rng.sample(NEGATIVE, rng.choice([2, 3]))
         choices = [rng.choice(POSITIVE), *wrong]
         rng.shuffle(choices)
-        lines.append(json.dumps({"id": f"q{i}", "premise": "the movie was", "question": "which is it",
-                                 "choices": choices, "label": next(j for j, c in enumerate(choices) if c in POSITIVE)}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"q{i}",
+                    "premise": "the movie was",
+                    "question": "which is it",
+                    "choices": choices,
+                    "label": next(j for j, c in enumerate(choices) if c in POSITIVE),
+                }
+            )
+        )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
 def mc_args(model_dir: Path, files: dict[str, Path], out: Path, *extra: str) -> list[str]:
     sets = [
-        f"model={model_dir}", "task=multiple_choice", "method=full", "data.columns={context: premise}",
-        *(f"data.{split}={path}" for split, path in files.items()), "train.batch_size=8", "train.max_steps=40",
-        "train.lr=1e-3", "train.head_lr=1e-3", "train.eval_every=20", *extra,
+        f"model={model_dir}",
+        "task=multiple_choice",
+        "method=full",
+        "data.columns={context: premise}",
+        *(f"data.{split}={path}" for split, path in files.items()),
+        "train.batch_size=8",
+        "train.max_steps=40",
+        "train.lr=1e-3",
+        "train.head_lr=1e-3",
+        "train.eval_every=20",
+        *extra,
     ]
     return ["train", "--no-progress", "--output-dir", str(out)] + [a for s in sets for a in ("--set", s)]
 
 
 def test_tiny_model_learns_a_trivial_rule(tiny_bert_dir, tmp_path, capsys) -> None:
-    files = {split: write_items(tmp_path / f"{split}.jsonl", n, seed)
-             for split, n, seed in (("train", 96, 0), ("validation", 32, 1), ("test", 48, 2))}
+    files = {
+        split: write_items(tmp_path / f"{split}.jsonl", n, seed)
+        for split, n, seed in (("train", 96, 0), ("validation", 32, 1), ("test", 48, 2))
+    }
     assert main(mc_args(tiny_bert_dir, files, tmp_path / "run")) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test"]["examples"] == 48

@@ -75,7 +75,9 @@ def test_prompt_positions_never_reach_loss_or_logits(tiny_bert_dir, mode) -> Non
     )
     batch = task.collate(task.featurize(data, "train"))
     out = model(batch)
-    assert out["logits"].shape[:2] == batch["input_ids"].shape  # one score row per real token, none for prompts
+    assert (
+        out["logits"].shape[:2] == batch["input_ids"].shape
+    )  # one score row per real token, none for prompts
     keep = batch["labels"] != IGNORE
     assert int(keep.sum()) == 5
     expected = nn.functional.cross_entropy(out["logits"][keep], batch["labels"][keep])
@@ -120,9 +122,21 @@ def test_predict_returns_entities_with_character_offsets(tiny_bert_dir) -> None:
     task = make_task(tiny_bert_dir)
     task.scheme = "IOB2"
     # "Marys" is "mary" + "##s": the word takes its first subword's tag, "##s" -> B-LOC is never read.
-    model = TagByWord(task.tokenizer, task, {"john": "B-PER", "mary": "B-PER", "paris": "B-LOC", "##s": "B-LOC"})
+    model = TagByWord(
+        task.tokenizer, task, {"john": "B-PER", "mary": "B-PER", "paris": "B-LOC", "##s": "B-LOC"}
+    )
     text = "John  met Mary in Paris, then Marys."
-    assert [w for w, _, _ in split_words(text)] == ["John", "met", "Mary", "in", "Paris", ",", "then", "Marys", "."]
+    assert [w for w, _, _ in split_words(text)] == [
+        "John",
+        "met",
+        "Mary",
+        "in",
+        "Paris",
+        ",",
+        "then",
+        "Marys",
+        ".",
+    ]
     assert task.tokenizer.tokenize("Marys") == ["mary", "##s"]
     (result,) = task.predict(model, [text])
     assert result["entities"] == [
@@ -144,7 +158,23 @@ def test_conll_columns_come_from_data_columns() -> None:
 
 
 NAMES, CITIES = ["john", "mary"], ["paris", "london", "berlin"]
-FILLER = ["the", "a", "is", "was", "in", "at", "with", "from", "good", "bad", "movie", "film", "story", "city", "river"]
+FILLER = [
+    "the",
+    "a",
+    "is",
+    "was",
+    "in",
+    "at",
+    "with",
+    "from",
+    "good",
+    "bad",
+    "movie",
+    "film",
+    "story",
+    "city",
+    "river",
+]
 
 
 def synthetic_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
@@ -181,9 +211,17 @@ def write_conll(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Pat
 
 def ner_args(model_dir: Path, files: dict[str, Path], out: Path, *extra: str) -> list[str]:
     sets = [
-        f"model={model_dir}", "task=ner", *(f"data.{split}={path}" for split, path in files.items()),
-        "train.batch_size=16", "train.max_steps=60", "train.eval_every=30", "train.warmup_ratio=0",
-        "train.head_lr=3e-2", "train.lr=3e-2", "prompt.num_virtual_tokens=4", *extra,
+        f"model={model_dir}",
+        "task=ner",
+        *(f"data.{split}={path}" for split, path in files.items()),
+        "train.batch_size=16",
+        "train.max_steps=30",
+        "train.eval_every=15",
+        "train.warmup_ratio=0",
+        "train.head_lr=3e-2",
+        "train.lr=3e-2",
+        "prompt.num_virtual_tokens=4",
+        *extra,
     ]
     return ["train", "--no-progress", "--output-dir", str(out)] + [a for s in sets for a in ("--set", s)]
 
@@ -210,7 +248,9 @@ def test_ptv2_train_ner_learns_and_writes_the_contract(tiny_bert_dir, tmp_path, 
     (line,) = capsys.readouterr().out.splitlines()
     entities = json.loads(line)["entities"]
     assert {(e["type"], e["text"], e["start"]) for e in entities} == {
-        ("PER", "Mary", 0), ("PER", "John", 9), ("LOC", "Berlin", 17)
+        ("PER", "Mary", 0),
+        ("PER", "John", 9),
+        ("LOC", "Berlin", 17),
     }
 
 
@@ -225,8 +265,12 @@ def test_bad_conll_line_is_reported_with_file_and_line(tiny_bert_dir, tmp_path, 
 def test_dev_tag_unseen_in_training_is_an_error(tiny_bert_dir, tmp_path) -> None:
     task = make_task(tiny_bert_dir)
     splits = {
-        "train": Dataset.from_list([{"id": "a", "tokens": ["x"], "ner_tags": ["B-PER"]}], features=NER_FEATURES),
-        "validation": Dataset.from_list([{"id": "b", "tokens": ["y"], "ner_tags": ["B-LOC"]}], features=NER_FEATURES),
+        "train": Dataset.from_list(
+            [{"id": "a", "tokens": ["x"], "ner_tags": ["B-PER"]}], features=NER_FEATURES
+        ),
+        "validation": Dataset.from_list(
+            [{"id": "b", "tokens": ["y"], "ner_tags": ["B-LOC"]}], features=NER_FEATURES
+        ),
     }
     with pytest.raises(DataError, match=r"record 'b'.*validation split has tag\(s\) \['B-LOC'\]"):
         task.prepare(splits)

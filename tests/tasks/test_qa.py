@@ -21,7 +21,8 @@ from ptuning_v2.training.recipe import load_splits, load_trained
 # france . [SEP]; offsets -1 mark the tokens outside the context.
 CONTEXT = "Paris is the capital of France."
 OFFSETS = np.array(
-    [[-1, -1]] * 4 + [[0, 5], [6, 8], [9, 12], [13, 20], [21, 23], [24, 30], [30, 31]] + [[-1, -1]], dtype=np.int32
+    [[-1, -1]] * 4 + [[0, 5], [6, 8], [9, 12], [13, 20], [21, 23], [24, 30], [30, 31]] + [[-1, -1]],
+    dtype=np.int32,
 )
 
 
@@ -38,9 +39,15 @@ def test_span_decoding_on_known_offsets() -> None:
     start = logits(cls=2, q1=9, paris=5, capital=3, france=1)
     end = logits(cls=2, q2=9, paris=4, france=4.5)
     window = (start, end, OFFSETS, 0)
-    best, spans, null = decode_answer([window], n_best=20, max_answer_length=30, version_2=False, null_threshold=0)
+    best, spans, null = decode_answer(
+        [window], n_best=20, max_answer_length=30, version_2=False, null_threshold=0
+    )
     assert CONTEXT[best.start : best.end] == "Paris is the capital of France" and best.score == 9.5
-    assert [CONTEXT[c.start : c.end] for c in spans[:3]] == ["Paris is the capital of France", "Paris", "capital of France"]
+    assert [CONTEXT[c.start : c.end] for c in spans[:3]] == [
+        "Paris is the capital of France",
+        "Paris",
+        "capital of France",
+    ]
     assert null == 4.0
     # At most 3 tokens: the whole sentence (6 tokens) is out, "Paris" (5 + 4) wins.
     best, _, _ = decode_answer([window], n_best=20, max_answer_length=3, version_2=False, null_threshold=0)
@@ -72,16 +79,27 @@ def test_windows_cover_the_context_and_hold_the_answer(tiny_bert_dir) -> None:
     context = " ".join(words + ["acme", "corp", "is", "in", "london"])
     answer_start = context.index("acme corp")
     data = Dataset.from_list(
-        [{"id": "q", "title": "", "context": context, "question": "who is in london",
-          "answers": {"text": ["acme corp"], "answer_start": [answer_start]}}],
+        [
+            {
+                "id": "q",
+                "title": "",
+                "context": context,
+                "question": "who is in london",
+                "answers": {"text": ["acme corp"], "answer_start": [answer_start]},
+            }
+        ],
         features=QA_FEATURES,
     )
     task = make_task(tiny_bert_dir, max_length=24, doc_stride=6)
-    features = sorted(task.featurize(data, "train"), key=lambda f: f["offsets"][f["offsets"][:, 0] >= 0][0, 0])
+    features = sorted(
+        task.featurize(data, "train"), key=lambda f: f["offsets"][f["offsets"][:, 0] >= 0][0, 0]
+    )
     assert len(features) > 3 and all(len(f["input_ids"]) <= 24 for f in features)
     spans = [[tuple(o) for o in f["offsets"] if o[0] >= 0] for f in features]
     single = task.tokenizer(context, return_offsets_mapping=True, add_special_tokens=False)["offset_mapping"]
-    assert sorted({s for window in spans for s in window}) == sorted(single)  # every context token is in a window
+    assert sorted({s for window in spans for s in window}) == sorted(
+        single
+    )  # every context token is in a window
     for left, right in zip(spans, spans[1:], strict=False):
         assert left[-6:] == right[:6]  # neighbours share doc_stride tokens
     holding = 0
@@ -97,14 +115,26 @@ def test_windows_cover_the_context_and_hold_the_answer(tiny_bert_dir) -> None:
 
 
 PARAGRAPHS = [  # no digit 8 or 9: the tiny test vocabulary gives them ids beyond its embedding table
-    ("The Golden Gate Bridge opened in 1937 and spans the strait between San Francisco Bay and the Pacific.",
-     "When did the Golden Gate Bridge open?", "1937"),
-    ("Mount Fuji is 3,776 metres tall and is the highest mountain in Japan.", "How tall is Mount Fuji?",
-     "3,776 metres"),
-    ("Marie Curie was the first woman to win a Nobel Prize, and the first person to win two.",
-     "Who was the first woman to win a Nobel Prize?", "Marie Curie"),
-    ("The Amazon river flows through Brazil, Peru and Colombia into the Atlantic Ocean.",
-     "Into which ocean does the Amazon flow?", "the Atlantic Ocean"),
+    (
+        "The Golden Gate Bridge opened in 1937 and spans the strait between San Francisco Bay and the Pacific.",
+        "When did the Golden Gate Bridge open?",
+        "1937",
+    ),
+    (
+        "Mount Fuji is 3,776 metres tall and is the highest mountain in Japan.",
+        "How tall is Mount Fuji?",
+        "3,776 metres",
+    ),
+    (
+        "Marie Curie was the first woman to win a Nobel Prize, and the first person to win two.",
+        "Who was the first woman to win a Nobel Prize?",
+        "Marie Curie",
+    ),
+    (
+        "The Amazon river flows through Brazil, Peru and Colombia into the Atlantic Ocean.",
+        "Into which ocean does the Amazon flow?",
+        "the Atlantic Ocean",
+    ),
 ]
 
 
@@ -114,8 +144,13 @@ def squad_file(path: Path, with_unanswerable: bool) -> Path:
     for i, (context, _, _) in enumerate(PARAGRAPHS):
         qas = []
         _, question, answer = PARAGRAPHS[i]
-        qas.append({"id": f"a{i}", "question": question,
-                    "answers": [{"text": answer, "answer_start": context.index(answer)}]})
+        qas.append(
+            {
+                "id": f"a{i}",
+                "question": question,
+                "answers": [{"text": answer, "answer_start": context.index(answer)}],
+            }
+        )
         if with_unanswerable:
             other = PARAGRAPHS[(i - 1) % len(PARAGRAPHS)][1]  # a question about another paragraph
             qas.append({"id": f"u{i}", "question": other, "answers": [], "is_impossible": True})
@@ -126,9 +161,15 @@ def squad_file(path: Path, with_unanswerable: bool) -> Path:
 
 def qa_args(model_dir: Path, files: dict[str, Path], out: Path, *extra: str) -> list[str]:
     sets = [
-        f"model={model_dir}", "task=qa", *(f"data.{split}={path}" for split, path in files.items()),
-        "train.batch_size=4", "train.max_steps=4", "train.max_length=48", "task_options.doc_stride=16",
-        "prompt.num_virtual_tokens=4", *extra,
+        f"model={model_dir}",
+        "task=qa",
+        *(f"data.{split}={path}" for split, path in files.items()),
+        "train.batch_size=4",
+        "train.max_steps=4",
+        "train.max_length=48",
+        "task_options.doc_stride=16",
+        "prompt.num_virtual_tokens=4",
+        *extra,
     ]
     return ["train", "--no-progress", "--output-dir", str(out)] + [a for s in sets for a in ("--set", s)]
 

@@ -34,8 +34,9 @@ def is_encoder_decoder(backbone: nn.Module) -> bool:
     return bool(getattr(backbone.config, "is_encoder_decoder", False))
 
 
-def check_input_prompt_config(prompt: DeepPromptConfig, run: RunConfig, backbone: nn.Module) -> None:
+def check_input_prompt_config(run: RunConfig, backbone: nn.Module) -> None:
     """Input-layer methods use ``num_virtual_tokens`` only; per-layer options would be silently ignored."""
+    prompt = run.prompt
     if prompt.layers is not None or prompt.layer_lengths is not None or prompt.length_schedule != "constant":
         raise ConfigError(
             f"method {run.method}: the prompt sits at the input layer only, so prompt.layers, "

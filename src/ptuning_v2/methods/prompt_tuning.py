@@ -12,7 +12,7 @@ from ptuning_v2.methods.registry import Method, register_method
 
 
 def build_prompt_tuning(backbone: nn.Module, config: RunConfig, tokenizer: Any) -> nn.Module:
-    check_input_prompt_config(config.prompt, config, backbone)
+    check_input_prompt_config(config, backbone)
     prompt = SoftPrompt(config.prompt, backbone.get_input_embeddings(), tokenizer)
     return InputPromptModel(backbone, prompt, config.prompt.dropout)
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from ptuning_v2.config import ConfigError, RunConfig
 from ptuning_v2.methods.input_prompt import InputPromptModel, check_input_prompt_config
-from ptuning_v2.methods.registry import Method, register_method
+from ptuning_v2.methods.registry import BuildFn, Method, register_method
 
 EncoderKind = Literal["lstm", "mlp"]
 
@@ -41,10 +41,10 @@ class PromptEncoder(nn.Module):
         return self.mlp(states)
 
 
-def _builder(kind: EncoderKind):
+def _builder(kind: EncoderKind) -> BuildFn:
     def build(backbone: nn.Module, config: RunConfig, tokenizer: Any) -> nn.Module:
         prompt = config.prompt
-        check_input_prompt_config(prompt, config, backbone)
+        check_input_prompt_config(config, backbone)
         if prompt.init != "random":
             raise ConfigError(
                 f"method {config.method}: the prompt encoder supports prompt.init 'random' only"

@@ -128,6 +128,7 @@ class NerTask(Task):
         )
 
     def featurize(self, dataset: Dataset, split: str) -> list[dict[str, Any]]:
+        """One feature per sentence (``sentence`` is its row), sorted by length so batches pad little."""
         label_ids = {label: i for i, label in enumerate(self.labels)}
         encoded = self._encode(list(dataset["tokens"]))
         all_tags = list(dataset["ner_tags"])
@@ -142,7 +143,9 @@ class NerTask(Task):
                     labels[position] = label_ids[tags[word]]
             feature["labels"] = labels
             feature["word_positions"] = positions
+            feature["sentence"] = i
             features.append(feature)
+        features.sort(key=lambda f: len(f["input_ids"]))
         return features
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -185,10 +188,14 @@ class NerTask(Task):
         dataset: Dataset,
         features: list[dict],
     ) -> dict[str, Any]:
-        pred: list[list[str]] = []
+        pred: list[list[str]] = [[] for _ in range(len(dataset))]
+        done = 0
         for batch in batches:
             logits = model(batch)["logits"]
-            pred.extend(self._word_tags(logits, features[len(pred) : len(pred) + len(logits)]))
+            chunk = features[done : done + len(logits)]
+            for feature, tags in zip(chunk, self._word_tags(logits, chunk), strict=True):
+                pred[feature["sentence"]] = tags
+            done += len(logits)
         gold = [list(tags) for tags in dataset["ner_tags"]]
         metrics = ner_metrics(gold, pred, self.scheme)
         metrics["truncated_words"] = sum(p < 0 for f in features for p in f["word_positions"])

@@ -1,0 +1,197 @@
+"""Measurement primitives shared by the inference and training benchmarks.
+
+Shared machines are noisy: absolute times from separate runs are not comparable, so every variant
+is timed in the same process, in rounds that run each variant once (in a shuffled order), and a
+variant's cost is the median over rounds of its time divided by the reference's time in that round.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+MIB = 2**20
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+def select_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on CUDA (what GPUs run) and float32 on the CPU (where bf16 is emulated)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"dtype must be auto or one of {sorted(dtypes)}, got {name!r}")
+    return dtypes[name]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One timed call: wall-clock seconds, and CPU seconds of this process (None on CUDA)."""
+
+    wall: float
+    cpu: float | None
+
+
+def time_call(fn: Callable[[], Any], device: torch.device) -> Sample:
+    """Time ``fn``; on CUDA wait for the queued kernels so the wall time covers the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        return Sample(time.perf_counter() - start, None)
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return Sample(time.perf_counter() - start, time.process_time() - cpu)
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: torch.device, seed: int = 0
+) -> dict[str, list[Sample]]:
+    """Run every function once per round, in a fresh random order each round; ``warmup`` rounds are dropped.
+
+    Sample ``i`` of every function comes from round ``i``, so ratios are taken between calls made
+    seconds apart, under the same machine load.
+    """
+    rng = random.Random(seed)
+    names = list(fns)
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
+    for index in range(warmup + rounds):
+        rng.shuffle(names)
+        for name in names:
+            sample = time_call(fns[name], device)
+            if index >= warmup:
+                samples[name].append(sample)
+    return samples
+
+
+@dataclass(frozen=True)
+class RatioStats:
+    """Median and quartiles of per-round ratios ``other / reference``."""
+
+    median: float
+    q1: float
+    q3: float
+    n: int
+
+
+def ratio_stats(reference: list[float], other: list[float]) -> RatioStats:
+    """Statistics of the per-round ratios; both lists hold one time per round, in round order."""
+    if len(reference) != len(other) or not reference:
+        raise ValueError(f"need one time per round for both, got {len(reference)} and {len(other)}")
+    ratios = np.asarray(other, dtype=float) / np.asarray(reference, dtype=float)
+    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+    return RatioStats(float(median), float(q1), float(q3), len(ratios))
+
+
+def latency_stats(times: list[float]) -> tuple[float, float]:
+    """p50 and p90 of the times, in milliseconds."""
+    p50, p90 = np.percentile(np.asarray(times, dtype=float) * 1e3, [50, 90])
+    return float(p50), float(p90)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One variant's times over the rounds, against the reference's in the same rounds."""
+
+    p50_ms: float
+    p90_ms: float
+    ratio: RatioStats
+    cpu_ratio: float | None
+    """Median ratio of process CPU times (None on CUDA, where the CPU time says nothing)."""
+    wall_ms: list[float]
+    cpu_ms: list[float]
+
+
+def summarize(runs: list[Sample], reference: list[Sample]) -> Summary:
+    wall = [s.wall for s in runs]
+    p50, p90 = latency_stats(wall)
+    cpu, reference_cpu = [s.cpu for s in runs], [s.cpu for s in reference]
+    has_cpu = all(t is not None for t in cpu + reference_cpu)
+    return Summary(
+        p50,
+        p90,
+        ratio_stats([s.wall for s in reference], wall),
+        ratio_stats(reference_cpu, cpu).median if has_cpu else None,  # type: ignore[arg-type]
+        [t * 1e3 for t in wall],
+        [t * 1e3 for t in cpu] if has_cpu else [],  # type: ignore[operator]
+    )
+
+
+class PeakMemory(TorchDispatchMode):
+    """Peak bytes of tensor storage allocated inside the context, on any device.
+
+    Every op's outputs are followed by storage; a storage counts from the op that creates it until
+    it is freed (weak reference callback). Views and in-place results share an input's storage and
+    are not counted again. Memory allocated before the context (weights, optimizer state) is not
+    counted: callers add it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._live: dict[int, weakref.ref] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+        }
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self._track(tensor.untyped_storage(), inputs)
+        return out
+
+    def _track(self, storage: torch.UntypedStorage, inputs: set[int]) -> None:
+        key = storage._cdata
+        if key in inputs or key in self._live:
+            return
+        nbytes = storage.nbytes()
+
+        def release(_: weakref.ref, key: int = key, nbytes: int = nbytes) -> None:
+            self._live.pop(key, None)
+            self.current -= nbytes
+
+        self._live[key] = weakref.ref(storage, release)
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+
+
+def tensor_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (shared storage counted once)."""
+    seen: dict[int, int] = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        seen[storage._cdata] = storage.nbytes()
+    return sum(seen.values())
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers."""
+    return tensor_bytes([*module.parameters(), *module.buffers()])
+
+
+def peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak tensor memory allocated while ``fn`` runs (see ``PeakMemory``)."""
+    with PeakMemory() as tracker:
+        fn()
+    return tracker.peak

@@ -1,0 +1,47 @@
+"""The fast path of prefix injection: layout-preserving concatenation, and no mask where none is needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from ptuning_v2.injection.attention import prepend_tokens
+from ptuning_v2.models import load_backbone
+from ptuning_v2.prompts.config import DeepPromptConfig
+from ptuning_v2.prompts.model import DeepPromptModel
+
+
+@pytest.mark.parametrize("token_major", [True, False])
+@pytest.mark.parametrize("prefix_batch", [1, 3])
+def test_prepend_tokens_equals_concatenation(token_major: bool, prefix_batch: int) -> None:
+    torch.manual_seed(0)
+    states = torch.randn(3, 7, 4, 5).transpose(1, 2) if token_major else torch.randn(3, 4, 7, 5)
+    # a prefix as the injector makes it: a key/value view of a [tokens, 2 * heads * dim] prompt
+    prompt = torch.randn(prefix_batch, 2, 2 * 4 * 5)
+    prefix = prompt.view(prefix_batch, 2, 2, 4, 5).permute(2, 0, 3, 1, 4)[0]
+    out = prepend_tokens(prefix, states)
+    assert torch.equal(out, torch.cat([prefix.expand(3, -1, -1, -1), states], dim=2))
+    # token-major input stays token-major: whole token rows were copied
+    assert out.transpose(1, 2).is_contiguous() == token_major
+
+
+def test_encoder_without_padding_keeps_the_maskless_sdpa_call(tiny_bert_dir: Path, monkeypatch) -> None:
+    """No padding: the prompted model calls sdpa with no mask (its fastest kernel), like the plain model."""
+    calls = []
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        calls.append((attention_mask, key.shape[2], key.transpose(1, 2).is_contiguous()))
+        return sdpa(module, query, key, value, attention_mask, **kwargs)
+
+    model = DeepPromptModel(
+        load_backbone(str(tiny_bert_dir), "encoder"), DeepPromptConfig(num_virtual_tokens=3)
+    )
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", spy)
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    with torch.inference_mode():
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert calls == [(None, 3 + 5, True)] * 2  # both layers: no mask, prefix added, token-major keys
