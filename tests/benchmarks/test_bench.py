@@ -13,6 +13,7 @@ from ptuning_v2.benchmarks import timing
 from ptuning_v2.benchmarks.report import Target, evaluate_targets
 from ptuning_v2.benchmarks.timing import PeakMemory, Sample, interleaved, latency_stats, ratio_stats
 from ptuning_v2.cli.main import main
+from ptuning_v2.config import ConfigError
 
 
 class FakeMachine:
@@ -169,16 +170,18 @@ def test_profile_shows_the_concatenation_only_where_there_is_a_prefix(
     assert "Command: `ptv2 bench --quick --profile" in (tmp_path / "profile.md").read_text()
 
 
-def test_device_and_dtype_selection() -> None:
+def test_device_dtype_and_threads_are_checked(capsys) -> None:
     assert timing.select_dtype("auto", torch.device("cpu")) == torch.float32
     assert timing.select_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert timing.select_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    with pytest.raises(ValueError, match="dtype must be"):
+    with pytest.raises(ConfigError, match="dtype must be"):
         timing.select_dtype("fp8", torch.device("cpu"))
     if not torch.cuda.is_available():
         assert timing.select_device("auto") == torch.device("cpu")
-        with pytest.raises(ValueError, match="no CUDA device"):
+        with pytest.raises(ConfigError, match="no CUDA device"):
             timing.select_device("cuda")
+    assert main(["bench", "--quick", "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
 
 
 def test_bfloat16_path_runs_every_variant(tiny_bert_dir: Path, tiny_llama_dir: Path, tmp_path: Path) -> None:

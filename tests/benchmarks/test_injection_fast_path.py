@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from ptuning_v2.injection import attention
 from ptuning_v2.injection.attention import prepend_tokens
 from ptuning_v2.models import load_backbone
 from ptuning_v2.prompts.config import DeepPromptConfig
@@ -45,3 +46,24 @@ def test_encoder_without_padding_keeps_the_maskless_sdpa_call(tiny_bert_dir: Pat
     with torch.inference_mode():
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
     assert calls == [(None, 3 + 5, True)] * 2  # both layers: no mask, prefix added, token-major keys
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_outputs_and_prompt_gradients_are_bitwise_those_of_a_plain_concatenation(
+    name: str, tiny_bert_dir: Path, tiny_llama_dir: Path, monkeypatch
+) -> None:
+    model_dir, kind = (tiny_bert_dir, "encoder") if name == "bert" else (tiny_llama_dir, "causal_lm")
+    ids = torch.tensor([[2, 10, 11, 12, 13, 3], [2, 14, 15, 3, 0, 0]])
+    results = []
+    for concatenate in (prepend_tokens, lambda p, s: torch.cat([p.expand(s.shape[0], -1, -1, -1), s], dim=2)):
+        monkeypatch.setattr(attention, "prepend_tokens", concatenate)
+        torch.manual_seed(0)
+        config = DeepPromptConfig(num_virtual_tokens=4, init_std=0.5)
+        model = DeepPromptModel(load_backbone(str(model_dir), kind), config).eval()
+        out = model(input_ids=ids, attention_mask=(ids != 0).long())
+        out = out.last_hidden_state if kind == "encoder" else out.logits
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad for p in model.prompt.parameters()]))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))

@@ -11,16 +11,34 @@ from pathlib import Path
 import yaml
 
 
-def test_two_processes_train_one_model(tiny_bert_dir: Path, sentiment_csvs: dict[str, Path], tmp_path: Path) -> None:
+def test_two_processes_train_one_model(
+    tiny_bert_dir: Path, sentiment_csvs: dict[str, Path], tmp_path: Path
+) -> None:
     config = {
         "model": str(tiny_bert_dir),
-        "data": {**{k: str(v) for k, v in sentiment_csvs.items()}, "columns": {"text": "review", "label": "sentiment"}},
+        "data": {
+            **{k: str(v) for k, v in sentiment_csvs.items()},
+            "columns": {"text": "review", "label": "sentiment"},
+        },
         "train": {"max_steps": 4, "batch_size": 8, "eval_every": 2},
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "ptuning_v2.cli.main", "train", str(tmp_path / "run.yaml"), "--output-dir", str(tmp_path / "out"),
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "ptuning_v2.cli.main",
+        "train",
+        str(tmp_path / "run.yaml"),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_ptuning_v2_learns_sentiment_and_checkpoint_is_kilobytes(tmp_path: Path) -> None:
-    config = load_run_config(recipe_path("demo"), ["train.max_steps=60", "train.eval_every=60",
-                                                   "data.max_eval_examples=400"])
+    config = load_run_config(
+        recipe_path("demo"), ["train.max_steps=60", "train.eval_every=60", "data.max_eval_examples=400"]
+    )
     metrics = train_run(config, tmp_path / "run", show_progress=False)
     assert metrics["dev"]["accuracy"] > 0.70  # chance is ~0.58 (majority class)
     assert metrics["trainable_params"] == 6 * 20 * 2 * 384 + 2 * 384 + 2

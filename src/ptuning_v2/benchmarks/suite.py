@@ -102,9 +102,7 @@ def environment(device: torch.device, dtype: torch.dtype, threads: int) -> dict[
     """What the numbers depend on: versions, device, dtype, threads, machine load."""
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({platform.processor()})",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({cpu_name()})",
         "dtype": str(dtype).removeprefix("torch."),
         "threads": threads,
         "cpu_count": os.cpu_count(),

@@ -19,6 +19,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ptuning_v2.config import ConfigError
+
 MIB = 2**20
 
 
@@ -28,7 +30,7 @@ def select_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
     return device
 
 
@@ -38,7 +40,7 @@ def select_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in dtypes:
-        raise ValueError(f"dtype must be auto or one of {sorted(dtypes)}, got {name!r}")
+        raise ConfigError(f"--dtype must be auto or one of {sorted(dtypes)}, got {name!r}")
     return dtypes[name]
 
 
@@ -122,6 +124,7 @@ class Summary:
 
 
 def summarize(runs: list[Sample], reference: list[Sample]) -> Summary:
+    """Latency percentiles and per-round ratios of ``runs`` against ``reference`` (same rounds)."""
     wall = [s.wall for s in runs]
     p50, p90 = latency_stats(wall)
     cpu, reference_cpu = [s.cpu for s in runs], [s.cpu for s in reference]

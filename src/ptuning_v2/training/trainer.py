@@ -88,7 +88,8 @@ class Trainer:
         self.show_progress = show_progress
         # cpu=True without a GPU lets several CPU processes (torchrun / accelerate launch) train with gloo.
         self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(), mixed_precision=resolve_mixed_precision(self.cfg.mixed_precision)
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=resolve_mixed_precision(self.cfg.mixed_precision),
         )
         self.optimizer = build_optimizer(model, self.cfg)
         world = self.accelerator.num_processes

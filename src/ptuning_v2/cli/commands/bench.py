@@ -40,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ptuning_v2.benchmarks.suite import full_suite, profile_suite, quick_suite, run_profile, run_suite
     from ptuning_v2.benchmarks.timing import select_device, select_dtype
+    from ptuning_v2.config import ConfigError
 
     if args.profile:
         suite = profile_suite(args.encoder, args.decoder, args.quick)
@@ -49,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         suite = dataclasses.replace(suite, training=())
     elif args.only == "training":
         suite = dataclasses.replace(suite, inference=())
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     device = select_device(args.device)
     runner = run_profile if args.profile else run_suite
     runner(

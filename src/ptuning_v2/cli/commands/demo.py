@@ -35,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
         config = load_run_config(recipe_path("demo"), [*args.overrides, f"method={method}"])
         results[method] = train_run(config, output / method, show_progress=not args.no_progress)
     report = demo_report(results)
-    write_json_atomic(output / "metrics.json", {**results["ptuning_v2"], "baseline_linear_probe": results["linear_probe"],
-                                                "summary": report})
+    write_json_atomic(
+        output / "metrics.json",
+        {**results["ptuning_v2"], "baseline_linear_probe": results["linear_probe"], "summary": report},
+    )
     print(format_report(report))
     print(f"(details: {output / 'metrics.json'}; each run's log and checkpoint under {output}/<method>/)")
     return 0
