@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    LlamaConfig,
+    LlamaForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 # Tiny models run fastest on one thread; more threads only add contention on a 2-core machine.
 torch.set_num_threads(1)
@@ -165,6 +174,23 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         bos_token_id=tokenizer.cls_token_id,
     )
     LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer T5 with the tiny Llama's tokenizer; weights at 5x the usual scale, so a prompt moves outputs."""
+    directory = tmp_path_factory.mktemp("tiny_t5")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+        num_heads=4, relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+        initializer_factor=5.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

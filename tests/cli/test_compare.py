@@ -70,3 +70,32 @@ def test_unknown_method_is_rejected_before_any_run(tmp_path, capsys) -> None:
     assert code == 2
     assert "bogus" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_reuse_reads_back_unchanged_methods_and_retrains_changed_ones(
+    tiny_bert_dir, sentiment_csvs, tmp_path, capsys
+) -> None:
+    config = {
+        "model": str(tiny_bert_dir),
+        "data": {k: str(v) for k, v in sentiment_csvs.items()}
+        | {"columns": {"text": "review", "label": "sentiment"}},
+        "prompt": {"num_virtual_tokens": 4},
+        "train": {"max_steps": 2, "batch_size": 16, "max_length": 32},
+    }
+    config_path = tmp_path / "compare.yaml"
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["compare", str(config_path), "--methods", "ptuning_v2,linear_probe", "--output-dir", str(out)]
+    assert main(args) == 0
+    first = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    adapter = out / "runs" / "linear_probe" / "checkpoint" / "adapter.safetensors"
+    trained_at = adapter.stat().st_mtime_ns
+
+    assert main([*args, "--reuse", "--method-set", "ptuning_v2:train.lr=0.05"]) == 0
+    second = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    (_, l_first), (p_second, l_second) = first["methods"], second["methods"]
+    assert adapter.stat().st_mtime_ns == trained_at  # not trained again
+    assert l_second == {**l_first, "reused": True}
+    assert "reused" not in p_second and p_second["lr"] == 0.05
+    assert "(`--reuse`): linear_probe." in (out / "comparison.md").read_text(encoding="utf-8")
+    assert "linear_probe: ok (reused the finished run)" in capsys.readouterr().err

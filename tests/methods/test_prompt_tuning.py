@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
 
 from ptuning_v2.config import ConfigError, RunConfig
 from ptuning_v2.methods import get_method
@@ -78,21 +77,9 @@ def test_train_and_reload_gives_the_same_predictions(train_and_reload, tiny_bert
     train_and_reload("prompt_tuning", tiny_bert_dir)
 
 
-def test_encoder_decoder_prompt_goes_to_the_encoder_input(tiny_bert_dir) -> None:
-    tokenizer = load_tokenizer(str(tiny_bert_dir))
-    torch.manual_seed(0)
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        d_ff=64,
-        d_kv=8,
-        num_layers=2,
-        num_heads=4,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )
-    backbone = T5ForConditionalGeneration(config).eval()
+def test_encoder_decoder_prompt_goes_to_the_encoder_input(tiny_t5_dir) -> None:
+    tokenizer = load_tokenizer(str(tiny_t5_dir))
+    backbone = load_backbone(str(tiny_t5_dir), "seq2seq").eval()
     run = RunConfig.from_dict(
         {
             "method": "prompt_tuning",

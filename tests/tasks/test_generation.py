@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from ptuning_v2.cli.main import main
 from ptuning_v2.config import ConfigError, RunConfig
@@ -33,22 +33,6 @@ def llama_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     config.initializer_range = 0.3
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def t5_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("gen_t5")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    config = T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-        num_heads=4, relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
-        initializer_factor=5.0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    T5ForConditionalGeneration(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -126,9 +110,9 @@ def test_causal_lm_loss_is_transformers_own_loss(llama_dir: Path, prompted: bool
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
 
 
-def test_seq2seq_loss_is_transformers_own_loss(t5_dir: Path) -> None:
-    task = make_task(t5_dir, "seq2seq", source_template="summarise: {source}")
-    backbone = load_backbone(str(t5_dir), "seq2seq")
+def test_seq2seq_loss_is_transformers_own_loss(tiny_t5_dir: Path) -> None:
+    task = make_task(tiny_t5_dir, "seq2seq", source_template="summarise: {source}")
+    backbone = load_backbone(str(tiny_t5_dir), "seq2seq")
     model = task.build_model(DeepPromptModel(backbone, DeepPromptConfig(num_virtual_tokens=2))).eval()
     features = [task.encode(row) for row in rows()]
     assert features[0]["labels"][-1] == task.tokenizer.eos_token_id
@@ -248,8 +232,8 @@ def test_full_fine_tuning_generates_through_the_plain_backbone(llama_dir: Path, 
     assert isinstance(task.predict(model, ["a bad plot"])[0]["generated"], str)
 
 
-def test_seq2seq_trains_and_evaluates(t5_dir: Path, tmp_path: Path) -> None:
-    run = run_config(t5_dir, "seq2seq", write_splits(tmp_path))
+def test_seq2seq_trains_and_evaluates(tiny_t5_dir: Path, tmp_path: Path) -> None:
+    run = run_config(tiny_t5_dir, "seq2seq", write_splits(tmp_path))
     untuned = evaluate_untuned(run, tmp_path / "untuned")
     tuned = train_run(run, tmp_path / "tuned", show_progress=False)
     assert tuned["test"]["loss"] < untuned["test"]["loss"] - 1.0

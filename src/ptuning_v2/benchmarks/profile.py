@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ptuning_v2.benchmarks import variants
 from ptuning_v2.benchmarks.inference import InferenceCase, build_variants
 from ptuning_v2.benchmarks.training import Stepper, TrainingCase, build_variant
 
@@ -51,7 +50,7 @@ def profile_inference(
     case: InferenceCase, device: torch.device, dtype: torch.dtype, repeats: int = 3, seed: int = 0
 ) -> OperatorProfile:
     models, errors = build_variants(case, device, dtype)
-    inputs = variants.random_inputs(variants.vocab_size(case.model), case.batch, case.seq_len, device, seed)
+    inputs = case.inputs(device, seed)
     calls = {_label(*key): (lambda m=model: m(**inputs)) for key, model in models.items()}
     with torch.inference_mode():
         table = profile_calls(calls, device, repeats)
@@ -62,9 +61,7 @@ def profile_inference(
 def profile_training(
     case: TrainingCase, device: torch.device, dtype: torch.dtype, repeats: int = 2, seed: int = 0
 ) -> OperatorProfile:
-    batch = variants.random_inputs(
-        variants.vocab_size(case.model), case.batch, case.seq_len, device, seed, labels=case.kind == "encoder"
-    )
+    batch = case.inputs(device, seed, labels=case.kind == "encoder")
     keys = [("full", None)] + [("ptuning_v2", k) for k in case.lengths]
     calls = {_label(*key): Stepper(build_variant(case, *key, device, dtype), batch).step for key in keys}
     title = f"training step {case.model} {case.batch}x{case.seq_len}"

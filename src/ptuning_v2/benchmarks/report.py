@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,51 +147,63 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {t['target']} | {t['value']:.3f} | {t['limit']:.2f} | {'yes' if t['met'] else 'NO'} |"
             )
         lines.append("")
-    inference = results.get("inference", [])
-    if inference:
-        lines += [
+    lines += _table(
+        [
             "## Inference (forward pass)",
             "",
             "Ratio: median over rounds of the variant's latency / the plain model's in the same round "
             "(interquartile range in brackets); cpu ratio: the same on process CPU time.",
             "",
-            "| model | batch x tokens | variant | p50 ms | p90 ms | examples/s | tokens/s | peak MiB "
-            "| ratio to plain | cpu ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in inference:
-            head = f"| {r['model']} | {r['batch']} x {r['seq_len']} | {_variant(r)} |"
-            if r.get("error"):
-                lines.append(f"{head} failed: {r['error']} ||||||||")
-                continue
-            lines.append(
-                f"{head} {_f(r['latency_p50_ms'])} | {_f(r['latency_p90_ms'])} | {_f(r['examples_per_s'])} "
-                f"| {_f(r['tokens_per_s'], 0)} | {_f(r['peak_mib'])} | {_ratio(r)} | {_f(r['cpu_ratio'], 3)} |"
-            )
-        lines.append("")
-    training = results.get("training", [])
-    if training:
-        lines += [
-            "## Training step (forward, backward, AdamW step)",
-            "",
-            "| model | batch x tokens | variant | trained params | step p50 ms | step p90 ms | peak MiB "
-            "| ratio to full FT | cpu ratio |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in training:
-            head = f"| {r['model']} | {r['batch']} x {r['seq_len']} | {_variant(r)} |"
-            if r.get("error"):
-                lines.append(f"{head} failed: {r['error']} |||||||")
-                continue
-            lines.append(
-                f"{head} {r['trainable_params']:,} | {_f(r['step_p50_ms'])} | {_f(r['step_p90_ms'])} "
-                f"| {_f(r['peak_mib'])} | {_ratio(r)} | {_f(r['cpu_ratio'], 3)} |"
-            )
-        lines.append("")
+        ],
+        ["p50 ms", "p90 ms", "examples/s", "tokens/s", "peak MiB", "ratio to plain", "cpu ratio"],
+        results.get("inference", []),
+        lambda r: [
+            _f(r["latency_p50_ms"]),
+            _f(r["latency_p90_ms"]),
+            _f(r["examples_per_s"]),
+            _f(r["tokens_per_s"], 0),
+            _f(r["peak_mib"]),
+            _ratio(r),
+            _f(r["cpu_ratio"], 3),
+        ],
+    )
+    lines += _table(
+        ["## Training step (forward, backward, AdamW step)", ""],
+        ["trained params", "step p50 ms", "step p90 ms", "peak MiB", "ratio to full FT", "cpu ratio"],
+        results.get("training", []),
+        lambda r: [
+            f"{r['trainable_params']:,}",
+            _f(r["step_p50_ms"]),
+            _f(r["step_p90_ms"]),
+            _f(r["peak_mib"]),
+            _ratio(r),
+            _f(r["cpu_ratio"], 3),
+        ],
+    )
     notes = meta.get("notes", [])
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     return "\n".join(lines)
+
+
+def _table(
+    intro: list[str], columns: list[str], rows: list[Row], cells: Callable[[Row], list[str]]
+) -> list[str]:
+    """A section's table: the case and variant, then ``cells``; a failed variant's row holds its error.
+
+    Nothing for a section without rows (it was not run).
+    """
+    if not rows:
+        return []
+    columns = ["model", "batch x tokens", "variant", *columns]
+    lines = [*intro, "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for r in rows:
+        head = f"| {r['model']} | {r['batch']} x {r['seq_len']} | {_variant(r)} |"
+        if r.get("error"):
+            lines.append(f"{head} failed: {r['error']} " + "|" * (len(columns) - 2))
+        else:
+            lines.append(f"{head} " + " | ".join(cells(r)) + " |")
+    return [*lines, ""]
 
 
 def plot_inference(rows: list[Row], path: Path) -> Path:

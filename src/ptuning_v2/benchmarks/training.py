@@ -7,57 +7,38 @@ copy of the backbone, interleaved round by round; full fine-tuning is the refere
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ptuning_v2.benchmarks import variants
-from ptuning_v2.benchmarks.timing import MIB, interleaved, module_bytes, peak_bytes, summarize, tensor_bytes
-from ptuning_v2.models import BackboneKind
+from ptuning_v2.benchmarks.cases import Case, Key, Row
+from ptuning_v2.benchmarks.timing import MIB, module_bytes, peak_bytes, tensor_bytes
 from ptuning_v2.prompts.model import DeepPromptModel
 
-REFERENCE = ("full", None)
+REFERENCE: Key = ("full", None)
 EVAL_BACKBONE = "ptuning_v2_eval_backbone"
 
 
 @dataclass(frozen=True)
-class TrainingCase:
-    model: str
-    kind: BackboneKind
-    batch: int
-    seq_len: int
-    lengths: tuple[int, ...]
-    """P-Tuning v2 prompt lengths."""
-    peft_lengths: tuple[int, ...] = ()
+class TrainingCase(Case):
+    """Full fine-tuning is the reference; ``peft_lengths`` are PEFT prefix tuning's lengths."""
+
     eval_backbone_lengths: tuple[int, ...] = ()
     """P-Tuning v2 lengths also timed with the frozen backbone in eval mode (no dropout inside it)."""
     lora: bool = True
     rounds: int = 6
-    warmup: int = 2
 
 
 @dataclass
-class TrainingRow:
-    model: str
-    batch: int
-    seq_len: int
-    variant: str
-    """``full``, ``lora``, ``ptuning_v2``, ``ptuning_v2_eval_backbone`` or ``peft_prefix``."""
-    k: int | None
+class TrainingRow(Row):
+    """Variants: ``full``, ``lora``, ``ptuning_v2``, ``ptuning_v2_eval_backbone`` or ``peft_prefix``;
+    ``peak_mib`` covers one step."""
+
     trainable_params: int | None = None
     step_p50_ms: float | None = None
     step_p90_ms: float | None = None
-    peak_mib: float | None = None
-    """Weights, optimizer state and the largest amount of tensor memory live during one step."""
-    ratio: float | None = None
-    """Median over rounds of this variant's step time / full fine-tuning's in the same round."""
-    ratio_q1: float | None = None
-    ratio_q3: float | None = None
-    cpu_ratio: float | None = None
-    wall_ms: list[float] = field(default_factory=list)
-    cpu_ms: list[float] = field(default_factory=list)
-    error: str | None = None
 
 
 class Stepper:
@@ -105,17 +86,15 @@ def run_training_case(
     case: TrainingCase, device: torch.device, dtype: torch.dtype, seed: int = 0
 ) -> list[TrainingRow]:
     """Step time, peak memory and the ratio to full fine-tuning of every variant of ``case``."""
-    keys: list[tuple[str, int | None]] = [REFERENCE]
+    keys: list[Key] = [REFERENCE]
     keys += [("lora", None)] if case.lora else []
     keys += [("ptuning_v2", k) for k in case.lengths] + [
         (EVAL_BACKBONE, k) for k in case.eval_backbone_lengths
     ]
     keys += [("peft_prefix", k) for k in case.peft_lengths]
-    steppers: dict[tuple[str, int | None], Stepper] = {}
-    errors: dict[tuple[str, int | None], str] = {}
-    batch = variants.random_inputs(
-        variants.vocab_size(case.model), case.batch, case.seq_len, device, seed, labels=case.kind == "encoder"
-    )
+    steppers: dict[Key, Stepper] = {}
+    errors: dict[Key, str] = {}
+    batch = case.inputs(device, seed, labels=case.kind == "encoder")
     for key in keys:
         torch.manual_seed(seed)
         try:
@@ -127,32 +106,17 @@ def run_training_case(
                 raise
             steppers.pop(key, None)
             errors[key] = f"{type(exc).__name__}: {exc}"
-    samples = interleaved(
-        {key: stepper.step for key, stepper in steppers.items()}, case.rounds, case.warmup, device, seed
-    )
-    reference = samples[REFERENCE]
-    rows = []
-    for key, runs in samples.items():
-        stepper = steppers[key]
-        summary = summarize(runs, reference)
-        row = TrainingRow(
-            case.model,
-            case.batch,
-            case.seq_len,
-            *key,
-            trainable_params=sum(p.numel() for p in stepper.trained),
+    summaries = case.time({key: stepper.step for key, stepper in steppers.items()}, REFERENCE, device, seed)
+    rows = [
+        TrainingRow.measured(
+            case,
+            key,
+            summary,
+            trainable_params=sum(p.numel() for p in steppers[key].trained),
             step_p50_ms=summary.p50_ms,
             step_p90_ms=summary.p90_ms,
-            peak_mib=(stepper.persistent_bytes() + peak_bytes(stepper.step)) / MIB,
-            ratio=summary.ratio.median,
-            ratio_q1=summary.ratio.q1,
-            ratio_q3=summary.ratio.q3,
-            cpu_ratio=summary.cpu_ratio,
-            wall_ms=summary.wall_ms,
-            cpu_ms=summary.cpu_ms,
+            peak_mib=(steppers[key].persistent_bytes() + peak_bytes(steppers[key].step)) / MIB,
         )
-        rows.append(row)
-    rows += [
-        TrainingRow(case.model, case.batch, case.seq_len, *key, error=msg) for key, msg in errors.items()
+        for key, summary in summaries.items()
     ]
-    return rows
+    return rows + TrainingRow.failed(case, errors)

@@ -35,6 +35,7 @@ DEFAULT_METHODS = (
 )
 CHILD_FILE = "child.json"
 LOG_FILE = "train.log"
+ROW_FILE = "row.json"
 
 
 def read_base_config(path: str | Path, overrides: list[str]) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def run_method(run: RunConfig, directory: Path) -> dict[str, Any]:
         return {**row, "status": "failed", "error": failure_reason(directory / LOG_FILE, child.returncode)}
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     child_info = json.loads(child_path.read_text(encoding="utf-8")) if child_path.is_file() else {}
-    return {
+    row = {
         **row,
         "status": "ok",
         "dev": metrics["dev"],
@@ -89,6 +90,23 @@ def run_method(run: RunConfig, directory: Path) -> dict[str, Any]:
         "train_examples": metrics["train_examples"],
         "peak_cuda_bytes": child_info.get("peak_cuda_bytes"),
     }
+    write_json_atomic(directory / ROW_FILE, row)
+    return row
+
+
+def finished_row(run: RunConfig, directory: Path) -> dict[str, Any] | None:
+    """The row of an earlier successful run in ``directory`` of exactly this config, else None.
+
+    Seeded runs of the same config give the same numbers, so an interrupted or extended comparison
+    only needs to train the methods whose config changed.
+    """
+    config_path, row_path = directory / "run_config.json", directory / ROW_FILE
+    if not (config_path.is_file() and row_path.is_file() and (directory / "metrics.json").is_file()):
+        return None
+    if json.loads(config_path.read_text(encoding="utf-8")) != run.to_dict():
+        return None
+    row = json.loads(row_path.read_text(encoding="utf-8"))
+    return {**row, "reused": True} if row.get("status") == "ok" else None
 
 
 def failure_reason(log_path: Path, returncode: int) -> str:
@@ -107,8 +125,13 @@ def run_comparison(
     method_overrides: dict[str, list[str]] | None = None,
     source: str = "config",
     command: str | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
-    """Run every method, then write ``comparison.json``, ``comparison.md`` and ``comparison.png``."""
+    """Run every method, then write ``comparison.json``, ``comparison.md`` and ``comparison.png``.
+
+    With ``reuse``, a method whose run directory already holds a finished run of the identical
+    config is read back instead of trained again.
+    """
     output_dir = Path(output_dir)
     runs_dir = Path(runs_dir) if runs_dir else output_dir / "runs"
     method_overrides = method_overrides or {}
@@ -127,8 +150,10 @@ def run_comparison(
         except ConfigError as exc:
             rows.append({"method": method, "status": "failed", "error": str(exc)})
             continue
-        rows.append(run_method(run, runs_dir / method))
-        print(f"[compare] {method}: {rows[-1]['status']}", file=sys.stderr, flush=True)
+        row = finished_row(run, runs_dir / method) if reuse else None
+        rows.append(row or run_method(run, runs_dir / method))
+        status = rows[-1]["status"] + (" (reused the finished run)" if row else "")
+        print(f"[compare] {method}: {status}", file=sys.stderr, flush=True)
     result = {
         "command": command,
         "task": reference.task,
@@ -216,6 +241,12 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"{'-' if share is None else f'{share:.3%}'} | {_size(row.get('checkpoint_bytes'))} | "
             f"{train_time} | {memory} | {lr} |"
         )
+    reused = [row["method"] for row in result["methods"] if row.get("reused")]
+    if reused:
+        lines += [
+            "",
+            f"Read back from an earlier run of the identical config (`--reuse`): {', '.join(reused)}.",
+        ]
     failed = [row for row in result["methods"] if row["status"] != "ok"]
     if failed:
         lines += ["", "Failed runs:", ""]

@@ -30,6 +30,7 @@ class DeepPromptModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.prompt_config = config
+        self.refuse_checkpointing()
         for param in backbone.parameters():
             param.requires_grad_(False)
         self.injector = INJECTORS[config.mode](backbone, config.attach_to)
@@ -95,7 +96,19 @@ class DeepPromptModel(nn.Module):
             positions = mask_positions(mask)[:, -tokens.shape[1] :]
         return {**inputs, "position_ids": positions + self.position_offset}
 
+    def refuse_checkpointing(self) -> None:
+        """Prompts reach the layers through a context variable, set only while ``forward`` runs: the
+        backward-time recompute of a checkpointed layer would run without them (wrong gradients, or a
+        recompute that does not match the forward pass)."""
+        if self.backbone.is_activation_checkpointing:
+            raise ValueError(
+                "gradient (activation) checkpointing is on in the backbone, and deep prompts do not support "
+                "it: turn it off (backbone.activation_checkpointing_disable())"
+            )
+
     def forward(self, **inputs: Any) -> Any:
+        if torch.is_grad_enabled():  # a backward pass may follow; the check walks every module
+            self.refuse_checkpointing()
         with self.injector.activate(self.prompt()):
             return self.backbone(**self.with_positions(inputs))
 

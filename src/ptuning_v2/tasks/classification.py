@@ -13,7 +13,7 @@ from torch import nn
 
 from ptuning_v2.config import DataConfig
 from ptuning_v2.data import DataError, load_local_splits
-from ptuning_v2.tasks.base import Task, encoder_inputs, pooled, register_task
+from ptuning_v2.tasks.base import Task, encoder_inputs, local_files, pooled, register_task
 
 
 class ClassificationModel(nn.Module):
@@ -69,9 +69,8 @@ class ClassificationTask(Task):
 
     @classmethod
     def load_local(cls, data: DataConfig) -> DatasetDict:
-        files = {s: getattr(data, s) for s in ("train", "validation", "test") if getattr(data, s)}
         required = ["text", "label"] + (["text_pair"] if "text_pair" in data.columns else [])
-        return load_local_splits(files, data.format, data.columns or None, required)
+        return load_local_splits(local_files(data), data.format, data.columns or None, required)
 
     def prepare(self, splits: DatasetDict) -> None:
         if "train" not in splits:

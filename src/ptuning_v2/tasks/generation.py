@@ -40,7 +40,7 @@ from ptuning_v2.config import ConfigError, DataConfig, RunConfig
 from ptuning_v2.data import DataError, load_local_splits
 from ptuning_v2.evaluation.generation import text_metrics
 from ptuning_v2.prompts.model import mask_positions
-from ptuning_v2.tasks.base import Task, register_task
+from ptuning_v2.tasks.base import Task, local_files, register_task
 
 IGNORE = -100
 DECODING_OPTIONS = frozenset(
@@ -205,9 +205,8 @@ class GenerationTask(Task):
 
     @classmethod
     def load_local(cls, data: DataConfig) -> DatasetDict:
-        files = {s: getattr(data, s) for s in ("train", "validation", "test") if getattr(data, s)}
         return load_local_splits(
-            files, data.format, data.columns or None, ["source", "target"], check_labels=False
+            local_files(data), data.format, data.columns or None, ["source", "target"], check_labels=False
         )
 
     def prepare(self, splits: DatasetDict) -> None:
@@ -325,12 +324,6 @@ class GenerationTask(Task):
             if isinstance(parsed, dict):
                 return parsed
         return {"source": text}
-
-    def state(self) -> dict[str, Any]:
-        return {}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        return None
 
 
 @register_task

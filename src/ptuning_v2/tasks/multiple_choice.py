@@ -15,11 +15,10 @@ import torch
 from datasets import Dataset, DatasetDict, Features, List, Value
 from torch import nn
 
-from ptuning_v2.config import ConfigError, DataConfig, RunConfig
+from ptuning_v2.config import ConfigError, DataConfig
 from ptuning_v2.data import DataError
-from ptuning_v2.data.readers import SPLITS, read_jsonl_objects
-from ptuning_v2.tasks.base import Task, encoder_inputs, pooled, register_task
-from ptuning_v2.tasks.ner import read_task_options
+from ptuning_v2.data.readers import read_jsonl_objects
+from ptuning_v2.tasks.base import Task, encoder_inputs, local_files, pooled, register_task
 
 MC_FEATURES = Features(
     {
@@ -102,10 +101,7 @@ class MultipleChoiceTask(Task):
 
     name = "multiple_choice"
     main_metric = "accuracy"
-
-    def __init__(self, config: RunConfig, tokenizer: Any) -> None:
-        super().__init__(config, tokenizer)
-        read_task_options(config, {})
+    option_defaults = {}
 
     @classmethod
     def load_local(cls, data: DataConfig) -> DatasetDict:
@@ -113,11 +109,8 @@ class MultipleChoiceTask(Task):
             raise ConfigError(f"data.format: task multiple_choice reads 'jsonl', got {data.format!r}")
         return DatasetDict(
             {
-                split: Dataset.from_list(
-                    read_multiple_choice(getattr(data, split), data.columns), features=MC_FEATURES
-                )
-                for split in SPLITS
-                if getattr(data, split)
+                split: Dataset.from_list(read_multiple_choice(path, data.columns), features=MC_FEATURES)
+                for split, path in local_files(data).items()
             }
         )
 
@@ -204,12 +197,6 @@ class MultipleChoiceTask(Task):
                     }
                 )
         return out
-
-    def state(self) -> dict[str, Any]:
-        return {}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        return None
 
 
 def parse_item(item: Any, index: int) -> dict[str, Any]:

@@ -19,24 +19,14 @@ from torch import nn
 
 from ptuning_v2.config import ConfigError, DataConfig, RunConfig
 from ptuning_v2.data import NER_FEATURES, DataError, detect_tag_scheme, read_conll, read_jsonl_tagged
-from ptuning_v2.data.readers import SPLITS, TagScheme
+from ptuning_v2.data.readers import TagScheme
 from ptuning_v2.evaluation.ner import entity_spans, ner_metrics
-from ptuning_v2.tasks.base import Task, encoder_inputs, register_task
+from ptuning_v2.tasks.base import Task, local_files, register_task, token_states
 
 IGNORE = -100
 # Words for raw-text prediction: runs of word characters (joined by - ' . inside, as in "U.S" or
 # "Hewlett-Packard"), and every other non-space character alone, close to CoNLL's tokenisation.
 _WORD = re.compile(r"\w+(?:[-'’.]\w+)*|\S")
-
-
-def read_task_options(config: RunConfig, defaults: dict[str, Any]) -> dict[str, Any]:
-    """``task_options`` over the task's defaults; an unknown key is an error, not silently ignored."""
-    unknown = sorted(set(config.task_options) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"task_options: unknown option(s) {unknown} for task {config.task!r}; known: {sorted(defaults)}"
-        )
-    return {**defaults, **config.task_options}
 
 
 def split_words(text: str) -> list[tuple[str, int, int]]:
@@ -53,13 +43,7 @@ class TokenClassificationModel(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, num_labels))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        hidden = self.encoder(**encoder_inputs(batch)).last_hidden_state
-        if hidden.shape[1] != batch["input_ids"].shape[1]:
-            raise RuntimeError(
-                f"the encoder returned {hidden.shape[1]} positions for {batch['input_ids'].shape[1]} tokens; "
-                "prompt positions must not reach a token-level head"
-            )
-        logits = self.head(hidden)
+        logits = self.head(token_states(self.encoder, batch))
         result = {"logits": logits}
         if "labels" in batch:
             result["loss"] = nn.functional.cross_entropy(
@@ -74,10 +58,10 @@ class NerTask(Task):
 
     name = "ner"
     main_metric = "f1"
+    option_defaults = {}
 
     def __init__(self, config: RunConfig, tokenizer: Any) -> None:
         super().__init__(config, tokenizer)
-        read_task_options(config, {})
         self.labels: list[str] = []
         self.scheme: TagScheme = "IOB2"
 
@@ -93,10 +77,7 @@ class NerTask(Task):
             raise ConfigError(f"data.format: task ner reads 'conll' or 'jsonl', got {data.format!r}")
         columns = conll_columns(data.columns)
         splits = {}
-        for split in SPLITS:
-            path = getattr(data, split)
-            if not path:
-                continue
+        for split, path in local_files(data).items():
             fmt = data.format or ("jsonl" if Path(path).suffix.lower() in (".jsonl", ".ndjson") else "conll")
             if fmt == "jsonl" and data.columns:
                 raise ConfigError(
@@ -149,10 +130,7 @@ class NerTask(Task):
         return features
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        keys = ("input_ids", "attention_mask", "token_type_ids")
-        batch = dict(
-            self.tokenizer.pad([{k: f[k] for k in keys if k in f} for f in features], return_tensors="pt")
-        )
+        batch = self.pad_inputs(features)
         if "labels" in features[0]:
             width = batch["input_ids"].shape[1]
             left = self.tokenizer.padding_side == "left"

@@ -22,8 +22,7 @@ from torch import nn
 from ptuning_v2.config import ConfigError, DataConfig, RunConfig
 from ptuning_v2.data import DataError, load_local_squad
 from ptuning_v2.evaluation.squad import squad_metrics
-from ptuning_v2.tasks.base import Task, encoder_inputs, register_task
-from ptuning_v2.tasks.ner import read_task_options
+from ptuning_v2.tasks.base import Task, local_files, register_task, token_states
 
 OPTIONS: dict[str, Any] = {
     "doc_stride": 128,
@@ -97,12 +96,7 @@ class QuestionAnsweringModel(nn.Module):
         self.head = nn.Linear(hidden_size, 2)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        hidden = self.encoder(**encoder_inputs(batch)).last_hidden_state
-        if hidden.shape[1] != batch["input_ids"].shape[1]:
-            raise RuntimeError(
-                f"the encoder returned {hidden.shape[1]} positions for {batch['input_ids'].shape[1]} tokens; "
-                "prompt positions must not reach a token-level head"
-            )
+        hidden = token_states(self.encoder, batch)
         logits = self.head(hidden).float()
         padding = batch["attention_mask"].unsqueeze(-1) == 0
         logits = logits.masked_fill(padding, torch.finfo(logits.dtype).min)
@@ -122,10 +116,10 @@ class QuestionAnsweringTask(Task):
 
     name = "qa"
     main_metric = "f1"
+    option_defaults = OPTIONS
 
     def __init__(self, config: RunConfig, tokenizer: Any) -> None:
         super().__init__(config, tokenizer)
-        self.options = read_task_options(config, OPTIONS)
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError(f"task qa needs a fast tokenizer (offset mappings); {config.model!r} has none")
         specials = tokenizer.num_special_tokens_to_add(pair=True)
@@ -140,8 +134,7 @@ class QuestionAnsweringTask(Task):
         """SQuAD-format JSON files (v1.1, or v2.0 with ``is_impossible``)."""
         if data.format not in (None, "json", "squad"):
             raise ConfigError(f"data.format: task qa reads SQuAD JSON, got {data.format!r}")
-        files = {s: getattr(data, s) for s in ("train", "validation", "test") if getattr(data, s)}
-        return load_local_squad(files)
+        return load_local_squad(local_files(data))
 
     def prepare(self, splits: DatasetDict) -> None:
         if self.options["version_2_with_negative"]:
@@ -208,10 +201,7 @@ class QuestionAnsweringTask(Task):
         return features
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        keys = ("input_ids", "attention_mask", "token_type_ids")
-        batch = dict(
-            self.tokenizer.pad([{k: f[k] for k in keys if k in f} for f in features], return_tensors="pt")
-        )
+        batch = self.pad_inputs(features)
         if "start_positions" in features[0]:
             for key in ("start_positions", "end_positions"):
                 batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
@@ -316,12 +306,6 @@ class QuestionAnsweringTask(Task):
                 }
             )
         return out
-
-    def state(self) -> dict[str, Any]:
-        return {}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        return None
 
 
 def question_context(item: Any, index: int) -> tuple[str, str]:

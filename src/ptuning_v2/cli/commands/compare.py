@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from ptuning_v2.cli.arguments import add_overrides
 from ptuning_v2.config import ConfigError
 
 
@@ -25,14 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--runs-dir", help="where each method's run (checkpoint, logs) goes (default OUTPUT_DIR/runs)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field for every method, e.g. --set train.max_steps=200",
-    )
+    add_overrides(p, "override a config field for every method, e.g. --set train.max_steps=200")
     p.add_argument(
         "--method-set",
         dest="method_overrides",
@@ -40,6 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="METHOD:KEY=VALUE",
         help="override a field for one method, e.g. --method-set full:train.lr=5e-5",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read back a method's finished run of the identical config in the runs dir instead of training it again",
     )
     p.set_defaults(func=run)
 
@@ -63,6 +62,8 @@ def command_line(args: argparse.Namespace, methods: list[str]) -> str:
         parts += ["--set", override]
     for override in args.method_overrides:
         parts += ["--method-set", override]
+    if args.reuse:
+        parts.append("--reuse")
     return shlex.join(parts)
 
 
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         method_overrides=parse_method_overrides(args.method_overrides),
         source=args.config,
         command=command_line(args, methods),
+        reuse=args.reuse,
     )
     print(markdown_report(result))
     return 1 if any(row["status"] != "ok" for row in result["methods"]) else 0

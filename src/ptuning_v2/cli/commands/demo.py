@@ -5,20 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ptuning_v2.cli.arguments import add_overrides
 from ptuning_v2.utils.io import write_json_atomic
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train P-Tuning v2 on MiniLM + Rotten Tomatoes (~5 min on 2 CPU cores)")
     p.add_argument("--output-dir", default="runs/demo", help="where metrics.json and both runs go")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the demo config (applies to both runs)",
-    )
+    add_overrides(p, "override the demo config (applies to both runs)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 

@@ -6,20 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
+from ptuning_v2.cli.arguments import add_overrides
 from ptuning_v2.cli.commands.train import summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on dev and test")
     p.add_argument("checkpoint", help="checkpoint folder (OUTPUT_DIR/checkpoint of a training run)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change the data, e.g. --set data.test=other.csv --set data.name=null",
-    )
+    add_overrides(p, "change the data, e.g. --set data.test=other.csv --set data.name=null")
     p.add_argument("--output-dir", required=True, help="where metrics.json goes")
     p.set_defaults(func=run)
 

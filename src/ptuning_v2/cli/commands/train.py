@@ -5,20 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from ptuning_v2.cli.arguments import add_overrides
 from ptuning_v2.config import load_run_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a method on a task from a YAML config")
     p.add_argument("config", nargs="?", help="YAML run config (defaults if omitted)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set train.lr=5e-3 --set prompt.num_virtual_tokens=32",
-    )
+    add_overrides(p, "override a config field, e.g. --set train.lr=5e-3 --set prompt.num_virtual_tokens=32")
     p.add_argument("--output-dir", help="where metrics.json, log.jsonl and the checkpoint go (or output_dir)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUTPUT_DIR/last")
     p.add_argument(
