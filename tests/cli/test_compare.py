@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 import yaml
 
 from ptuning_v2.cli.main import main
 from ptuning_v2.evaluation.compare import markdown_report
 
 
-def test_compare_runs_each_method_and_reports_a_failure(
-    tiny_bert_dir, sentiment_csvs, tmp_path, capsys
-) -> None:
+@pytest.fixture
+def config_path(tiny_bert_dir, sentiment_csvs, tmp_path) -> Path:
+    """A two-step sentiment run on the tiny BERT, shared by every compared method."""
     config = {
         "model": str(tiny_bert_dir),
         "data": {k: str(v) for k, v in sentiment_csvs.items()}
@@ -20,8 +22,12 @@ def test_compare_runs_each_method_and_reports_a_failure(
         "prompt": {"num_virtual_tokens": 4},
         "train": {"max_steps": 2, "batch_size": 16, "max_length": 32},
     }
-    config_path = tmp_path / "compare.yaml"
-    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def test_compare_runs_each_method_and_reports_a_failure(config_path: Path, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     code = main(
         [
@@ -73,17 +79,8 @@ def test_unknown_method_is_rejected_before_any_run(tmp_path, capsys) -> None:
 
 
 def test_reuse_reads_back_unchanged_methods_and_retrains_changed_ones(
-    tiny_bert_dir, sentiment_csvs, tmp_path, capsys
+    config_path: Path, tmp_path, capsys
 ) -> None:
-    config = {
-        "model": str(tiny_bert_dir),
-        "data": {k: str(v) for k, v in sentiment_csvs.items()}
-        | {"columns": {"text": "review", "label": "sentiment"}},
-        "prompt": {"num_virtual_tokens": 4},
-        "train": {"max_steps": 2, "batch_size": 16, "max_length": 32},
-    }
-    config_path = tmp_path / "compare.yaml"
-    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     out = tmp_path / "out"
     args = ["compare", str(config_path), "--methods", "ptuning_v2,linear_probe", "--output-dir", str(out)]
     assert main(args) == 0
