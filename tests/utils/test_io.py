@@ -13,15 +13,13 @@ from ptuning_v2.utils.io import atomic_write, write_json_atomic
 
 
 def test_json_is_written_with_the_mode_a_plain_open_gives(tmp_path: Path) -> None:
-    old = os.umask(0o022)
-    try:
-        path = write_json_atomic(tmp_path / "sub" / "metrics.json", {"f1": 0.5, "path": Path("x")})
-        plain = tmp_path / "plain.txt"
-        plain.write_text("x")
-    finally:
-        os.umask(old)
+    path = write_json_atomic(tmp_path / "sub" / "metrics.json", {"f1": 0.5, "path": Path("x")})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
     assert json.loads(path.read_text()) == {"f1": 0.5, "path": "x"}
-    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:

@@ -12,9 +12,12 @@ from typing import Any
 
 def _default_file_mode() -> int:
     """The mode ``open()`` gives a new file (0o666 less the umask); ``mkstemp`` would leave 0o600."""
-    umask = os.umask(0)
+    umask = os.umask(0)  # the only way to read it is to set it: done once, at import, before any threads
     os.umask(umask)
     return 0o666 & ~umask
+
+
+DEFAULT_FILE_MODE = _default_file_mode()
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -26,7 +29,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
-        os.chmod(tmp_path, _default_file_mode())
+        os.chmod(tmp_path, DEFAULT_FILE_MODE)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
