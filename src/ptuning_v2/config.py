@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -16,6 +18,13 @@ from ptuning_v2.prompts.config import DeepPromptConfig
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the field."""
+
+
+def _at_least(name: str, value: int | None, low: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value < low:
+        raise ConfigError(f"{name}: must be an integer >= {low}, got {value}")
 
 
 @dataclass
@@ -33,16 +42,43 @@ class DataConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("max_train_examples", "max_eval_examples"):
+            _at_least(f"data.{name}", getattr(self, name), 1, optional=True)
+
 
 @dataclass
 class HeadConfig:
     pooling: Literal["cls", "mean", "pooler"] = "cls"
     dropout: float = 0.1
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"head.dropout: must be in [0, 1), got {self.dropout}")
+
 
 @dataclass
 class TrainConfig:
     """Defaults suit prompt tuning (high learning rates); methods override what they need."""
+
+    def __post_init__(self) -> None:
+        # Each of these passed silently before (or failed deep in training with a ZeroDivisionError):
+        # a negative learning rate is gradient ascent, max_steps=-5 trains nothing and saves nothing.
+        for name in ("batch_size", "eval_batch_size", "grad_accum_steps", "max_length"):
+            _at_least(f"train.{name}", getattr(self, name), 1)
+        for name in ("max_steps", "eval_every", "early_stopping_patience", "save_every"):
+            _at_least(f"train.{name}", getattr(self, name), 1, optional=True)
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr: must be a positive number, got {self.lr}")
+        for name in ("head_lr", "weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+        if not self.epochs > 0:
+            raise ConfigError(f"train.epochs: must be a positive number, got {self.epochs}")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ConfigError(f"train.warmup_ratio: must be in [0, 1], got {self.warmup_ratio}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"train.seed: must be in [0, 2**32), got {self.seed}")
 
     epochs: float = 3.0
     max_steps: int | None = None
@@ -58,7 +94,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum_steps: int = 1
     layer_lr_multipliers: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    """Prompt learning-rate multipliers for the early, middle and late thirds of the layers."""
+    """Prompt learning-rate multipliers for the early, middle and late thirds of the backbone's layers."""
+    layer_lr_ranges: list[list[float]] | None = None
+    """Explicit prompt learning-rate multipliers instead of the thirds: ``[first, last, multiplier]``
+    entries over the backbone's layers (inclusive), e.g. ``[[0, 2, 0.5], [3, 8, 1.0], [9, 11, 1.5]]``;
+    prompted layers outside every range keep the base rate."""
     eval_every: int | None = None
     """Evaluate every N optimizer steps; None means once per epoch."""
     early_stopping_patience: int | None = None
@@ -66,22 +106,54 @@ class TrainConfig:
     seed: int = 42
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """auto: bf16 on a CUDA GPU that supports it, full precision on CPU."""
-    save_every: int | None = None
-    """Write a resumable state every N steps (always at each evaluation)."""
+    save_every: int | None = 200
+    """Write a resumable state every N steps (and at each evaluation); null: only at evaluations."""
+    keep_states: int = 2
+    """How many of the newest resumable states (OUTPUT_DIR/states/step-N) to keep."""
+    gradient_checkpointing: bool = False
+    """Recompute the backbone's layers in the backward pass: less activation memory, about a third more
+    compute. Works with deep prompts (they travel with each layer call, so the recompute sees them)."""
+    log_with: Literal["tensorboard"] | None = None
+    """Also log loss, learning rate and dev metrics to TensorBoard (OUTPUT_DIR/tensorboard), via Accelerate."""
+    max_seconds: float | None = None
+    """Stop after this much optimisation time (evaluations do not count), e.g. to compare methods at
+    equal wall time; the schedule still follows max_steps / epochs."""
+
+
+@dataclass
+class LoraOptions:
+    """Method ``lora``: rank and scale of the low-rank updates."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(
+                f"lora needs rank >= 1, alpha > 0 and dropout in [0, 1); got rank {self.rank}, "
+                f"alpha {self.alpha}, dropout {self.dropout}"
+            )
 
 
 @dataclass
 class RunConfig:
     model: str = "minilm"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    """Quantised loading of the backbone (bitsandbytes): {load_in_8bit: true} or {load_in_4bit: true, ...}."""
     task: str = "classification"
     method: str = "ptuning_v2"
     data: DataConfig = field(default_factory=DataConfig)
     prompt: DeepPromptConfig = field(default_factory=DeepPromptConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraOptions = field(default_factory=LoraOptions)
     task_options: dict[str, Any] = field(default_factory=dict)
     """Task-specific options (e.g. QA stride, generation templates)."""
     output_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        check_prompt_size(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,30 +163,120 @@ class RunConfig:
         return _build(cls, data, source)
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+MAX_PROMPT_TOKENS = 1024
+"""Longest prompt per layer a config may ask for. The paper's prompts are 4 to 256 tokens; far longer
+ones are a typo (``num_virtual_tokens: 100000`` is a 1.8 GB prompt on a small model)."""
+DEEP_PROMPT_METHODS = ("ptuning_v2", "prefix_tuning")
+
+
+def check_prompt_size(run: RunConfig) -> None:
+    """Refuse a deep prompt with no tokens (it trains only the head: a linear probe under another
+    name) and prompts longer than :data:`MAX_PROMPT_TOKENS`."""
+    prompt = run.prompt
+    if prompt.layer_lengths is not None:
+        longest = max(prompt.layer_lengths, default=0)
+    elif prompt.length_schedule == "adaptive":
+        longest = min(prompt.max_length, max(prompt.min_length, math.ceil(1.8 * prompt.num_virtual_tokens)))
+    else:
+        longest = prompt.num_virtual_tokens
+    if longest > MAX_PROMPT_TOKENS or prompt.num_virtual_tokens > MAX_PROMPT_TOKENS:
+        raise ConfigError(
+            f"prompt.num_virtual_tokens: {max(longest, prompt.num_virtual_tokens)} tokens per layer is above "
+            f"the limit of {MAX_PROMPT_TOKENS} (P-Tuning v2 uses 4 to 256)"
+        )
+    if run.method in DEEP_PROMPT_METHODS and longest == 0:
+        raise ConfigError(
+            f"prompt.num_virtual_tokens: method {run.method} with a prompt of 0 tokens trains only the head; "
+            "set prompt.num_virtual_tokens >= 1, or use method: linear_probe"
+        )
+
+
+def _build(cls: type, data: Any, where: str, section: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted((k for k in data if k not in known), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+        hint = suggest_key(unknown[0], section)
+        raise ConfigError(
+            f"{where}: unknown field(s) {unknown}"
+            + (f"; did you mean {hint}?" if hint else f"; known: {sorted(known)}")
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         sub = _NESTED.get((cls.__name__, name))
-        if sub is not None and value is not None:
-            kwargs[name] = _build(sub, value, f"{where}.{name}")
+        if sub is not None:  # an empty YAML section (``prompt:`` alone) is None: the defaults
+            kwargs[name] = _build(sub, {} if value is None else value, f"{where}.{name}", name)
         else:
             kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
     try:
         return cls(**kwargs)
+    except ConfigError as exc:  # it names its own field
+        raise ConfigError(f"{where.removesuffix('.' + section) if section else where}: {exc}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+# Names other libraries (HF Trainer, PEFT, the official P-Tuning v2 code) use for our fields, so a user
+# who writes theirs is pointed at ours: ``train.learning_rate`` -> ``train.lr``.
+_SYNONYMS: dict[str, dict[str, str]] = {
+    "": {"model_name_or_path": "model", "model_name": "model", "dataset": "data", "output": "output_dir"},
+    "train": {
+        "learning_rate": "lr",
+        "num_train_epochs": "epochs",
+        "num_epochs": "epochs",
+        "gradient_accumulation_steps": "grad_accum_steps",
+        "per_device_train_batch_size": "batch_size",
+        "per_device_eval_batch_size": "eval_batch_size",
+        "max_seq_length": "max_length",
+        "max_grad_norm": "grad_clip",
+        "lr_scheduler_type": "scheduler",
+        "eval_steps": "eval_every",
+        "save_steps": "save_every",
+        "patience": "early_stopping_patience",
+    },
+    "prompt": {
+        "pre_seq_len": "num_virtual_tokens",
+        "prefix_length": "num_virtual_tokens",
+        "prompt_length": "num_virtual_tokens",
+        "prefix_projection": "reparameterize",
+    },
+}
+
+
+def _section_fields(section: str) -> list[str]:
+    cls = RunConfig if not section else _NESTED.get(("RunConfig", section))
+    return [f.name for f in fields(cls)] if cls is not None else []
+
+
+def suggest_key(name: Any, section: str) -> str | None:
+    """The dotted config key meant by ``name`` (unknown in ``section``): the same name or synonym in
+    another section, else a close spelling in the same section, else one in another section."""
+    name = str(name).lower()
+    others = [s for s in ["", *(key for _, key in _NESTED)] if s != section]
+    tries = [(s, 1.0) for s in others] + [(section, 0.6)] + [(s, 0.75) for s in others]
+    for candidate_section, cutoff in tries:
+        synonyms = _SYNONYMS.get(candidate_section, {})
+        names = _section_fields(candidate_section) + list(synonyms)
+        match = difflib.get_close_matches(name, names, n=1, cutoff=cutoff)
+        if match:
+            field_name = synonyms.get(match[0], match[0])
+            return f"{candidate_section}.{field_name}" if candidate_section else field_name
+    return None
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check a scalar against its annotation; YAML reads ``1e-2`` as a string, so numbers are parsed."""
+    """Check a value against its annotation; YAML reads ``1e-2`` as a string, so numbers are parsed."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: expected a mapping with names as keys, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -128,16 +290,24 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int | float | str) and not isinstance(value, bool):
         try:
-            return float(value)
-        except ValueError:
+            number = float(value)
+        except (ValueError, OverflowError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # a NaN learning rate trains NaNs without any other symptom
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
+    if hint is float:
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
     if hint is int and not isinstance(value, bool):
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -151,6 +321,7 @@ _NESTED: dict[tuple[str, str], type] = {
     ("RunConfig", "prompt"): DeepPromptConfig,
     ("RunConfig", "head"): HeadConfig,
     ("RunConfig", "train"): TrainConfig,
+    ("RunConfig", "lora"): LoraOptions,
 }
 
 
@@ -162,12 +333,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, raw = item.split("=", 1)
         target = data
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: expected a key like train.lr before '='")
         for part in parts[:-1]:
             node = target.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is not a section")
             target = node
-        target[parts[-1]] = yaml.safe_load(raw)
+        try:
+            target[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = str(exc).replace("\n", " ")
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
     return data
 
 
@@ -188,19 +365,51 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config (or start from defaults) and apply ``--set`` overrides."""
     data = read_config_file(path) if path is not None else {}
+    data.pop("tune", None)  # the search space of ``ptv2 tune``; training does not use it
     data = apply_overrides(data, overrides or [])
     return RunConfig.from_dict(with_method_defaults(data), str(path) if path is not None else "defaults")
 
 
 def with_method_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """Put the chosen method's defaults (e.g. its learning rate) under the values the user set."""
-    from ptuning_v2.methods import get_method  # methods import this module
+    from ptuning_v2.methods import METHODS, get_method  # methods import this module
 
+    name = data.get("method", RunConfig.method)
+    if not isinstance(name, str):
+        raise ConfigError(f"method: expected a method name, got {name!r}; known methods: {sorted(METHODS)}")
     try:
-        defaults = get_method(data.get("method", RunConfig.method)).defaults
+        defaults = get_method(name).defaults
     except ValueError as exc:
-        raise ConfigError(f"method: {exc}") from exc
+        raise ConfigError(f"method: {exc}{did_you_mean(name, METHODS)}") from exc
     return deep_merge(defaults, data)
+
+
+def did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest known name, or nothing when none is close."""
+    match = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+MODEL_FIELDS = ("model", "model_options", "method", "task", "prompt", "head", "lora")
+"""Run-config sections that define the trained model: evaluating a checkpoint with one of them
+changed would evaluate a different model than the one trained (``head.pooling``: 0.42 instead of 0.92)."""
+
+
+def check_eval_overrides(stored: RunConfig, changed: RunConfig, where: str) -> None:
+    """Refuse an evaluation config that differs from the training config in a model-defining field."""
+    before, after = stored.to_dict(), changed.to_dict()
+    diffs = []
+    for key in MODEL_FIELDS:
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            diffs += [f"{key}.{k} {old.get(k)!r} -> {new.get(k)!r}" for k in old if old.get(k) != new.get(k)]
+        elif old != new:
+            diffs.append(f"{key} {old!r} -> {new!r}")
+    if diffs:
+        raise ConfigError(
+            f"{where}: these fields define the trained model and cannot change at evaluation: "
+            f"{'; '.join(diffs)}; change only data.*, train.max_length, train.eval_batch_size or task_options"
+        )
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

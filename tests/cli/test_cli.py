@@ -83,7 +83,7 @@ def test_config_errors_name_the_field(tmp_path, capsys) -> None:
     assert "train.lr: expected a number, got 'fast'" in capsys.readouterr().err
     config = write(tmp_path / "run2.yaml", "trian:\n  lr: 0.1\n")
     assert main(["train", str(config), "--output-dir", str(tmp_path)]) == 2
-    assert "unknown field(s) ['trian']" in capsys.readouterr().err
+    assert "unknown field(s) ['trian']; did you mean train?" in capsys.readouterr().err
 
 
 def test_checkpoint_refuses_a_different_backbone(tiny_bert_dir, sentiment_csvs, tmp_path, capsys) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
@@ -96,3 +98,116 @@ def test_reuse_reads_back_unchanged_methods_and_retrains_changed_ones(
     assert "reused" not in p_second and p_second["lr"] == 0.05
     assert "(`--reuse`): linear_probe." in (out / "comparison.md").read_text(encoding="utf-8")
     assert "linear_probe: ok (reused the finished run)" in capsys.readouterr().err
+
+
+def test_seeds_give_mean_and_std_and_a_time_budget_stops_every_run(config_path: Path, tmp_path) -> None:
+    out = tmp_path / "out"
+    args = [
+        "compare",
+        str(config_path),
+        "--methods",
+        "linear_probe",
+        "--output-dir",
+        str(out),
+        "--seeds",
+        "2",
+    ]
+    args += ["--budget-seconds", "0.3", "--set", "train.max_steps=100000"]
+    assert main(args) == 0
+    result = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    (row,) = result["methods"]
+    assert result["seeds"] == [42, 43] and row["seeds"] == [42, 43] and row["status"] == "ok"
+    runs_dir = out / "runs" / "linear_probe"
+    runs = [json.loads((runs_dir / f"seed_{s}" / "metrics.json").read_text()) for s in (42, 43)]
+    accuracies = [m["test"]["accuracy"] for m in runs]
+    assert [r["test"]["accuracy"] for r in row["runs"]] == accuracies
+    assert row["test"]["accuracy"] == pytest.approx(statistics.fmean(accuracies))
+    assert row["test_std"]["accuracy"] == pytest.approx(statistics.stdev(accuracies))
+    assert row["steps"] == pytest.approx(statistics.fmean(m["steps"] for m in runs))
+    # the budget: every run stopped at 0.3 s of optimisation (evaluation not counted), evaluated there
+    assert result["budget"]["max_seconds"] == 0.3
+    for seed, metrics in zip((42, 43), runs, strict=True):
+        assert metrics["out_of_time"] is True and 1 <= metrics["steps"] < 100000
+        assert metrics["train_seconds"] - metrics["eval_seconds"] >= 0.3
+        log = [
+            json.loads(line) for line in (runs_dir / f"seed_{seed}" / "log.jsonl").read_text().splitlines()
+        ]
+        assert [r["step"] for r in log if r["type"] == "eval"][-1] == metrics["steps"]
+    table = (out / "comparison.md").read_text(encoding="utf-8")
+    assert f"{row['test']['accuracy']:.4f} ± {row['test_std']['accuracy']:.4f}" in table
+    assert "seeds 42, 43" in table and "0.3 s of training each" in table and "--seeds 2" in table
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    adapter = runs_dir / "seed_43" / "checkpoint" / "adapter.safetensors"
+    trained_at = adapter.stat().st_mtime_ns
+    assert main([*args, "--reuse"]) == 0
+    again = json.loads((out / "comparison.json").read_text(encoding="utf-8"))["methods"][0]
+    assert adapter.stat().st_mtime_ns == trained_at and again["reused"] is True
+    assert again["test"] == row["test"] and again["test_std"] == row["test_std"]
+
+
+def test_tune_gives_every_method_its_trials_before_the_test_run(config_path: Path, tmp_path) -> None:
+    out = tmp_path / "out"
+    args = ["compare", str(config_path), "--methods", "linear_probe", "--output-dir", str(out), "--tune", "2"]
+    assert main(args) == 0
+    (row,) = json.loads((out / "comparison.json").read_text(encoding="utf-8"))["methods"]
+    study = optuna.load_study(
+        study_name="linear_probe", storage=f"sqlite:///{out / 'tune' / 'linear_probe' / 'study.db'}"
+    )
+    assert len(study.trials) == 2 and row["tuned"]["best_trial"] == study.best_trial.number
+    head_lr = study.best_trial.params["train.head_lr"]
+    assert row["tuned"]["params"] == {"train.head_lr": head_lr} and row["head_lr"] == head_lr
+    run_config = json.loads((out / "runs" / "linear_probe" / "run_config.json").read_text(encoding="utf-8"))
+    assert run_config["train"]["head_lr"] == head_lr and 0 <= row["test"]["accuracy"] <= 1
+    assert not (out / "tune" / "linear_probe" / "best").exists()  # the comparison's run is the test run
+    assert (
+        f"linear_probe: trial {study.best_trial.number}, dev accuracy" in (out / "comparison.md").read_text()
+    )
+
+
+def test_a_failed_seed_fails_the_row_and_the_others_still_give_the_mean() -> None:
+    from ptuning_v2.evaluation.compare import aggregate
+
+    ok = {
+        "status": "ok",
+        "lr": 0.01,
+        "head_lr": 0.005,
+        "trainable_params": 66,
+        "steps": 4,
+        "train_seconds": 2.0,
+    }
+    rows = [
+        {**ok, "seed": 1, "dev": {"accuracy": 0.5, "per_class": {}}, "test": {"accuracy": 0.6}},
+        {"status": "failed", "seed": 2, "lr": 0.01, "head_lr": 0.005, "error": "boom (exit status 1)"},
+        {**ok, "seed": 3, "dev": {"accuracy": 0.7}, "test": {"accuracy": 0.8}, "train_seconds": 4.0},
+    ]
+    row = aggregate("linear_probe", rows)
+    assert (row["status"], row["error"], row["finished_seeds"]) == (
+        "failed",
+        "seed 2: boom (exit status 1)",
+        2,
+    )
+    assert row["test"] == {"accuracy": pytest.approx(0.7)} and row["test_std"]["accuracy"] == pytest.approx(
+        0.1414, abs=1e-4
+    )
+    assert row["train_seconds"] == 3.0 and row["trainable_params"] == 66 and row["runs"] == rows
+    assert "- linear_probe: seed 2: boom" in markdown_report(
+        {
+            "metric": "accuracy",
+            "budget": {
+                "seed": 1,
+                "max_steps": 4,
+                "batch_size": 16,
+                "max_length": 32,
+                "max_train_examples": None,
+            }
+            | {"max_eval_examples": None, "prompt_length": 4},
+            "seeds": [1, 2, 3],
+            "command": None,
+            "task": "classification",
+            "data": "d",
+            "model": "m",
+            "device": "cpu",
+            "methods": [row],
+        }
+    )

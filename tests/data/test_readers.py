@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from ptuning_v2.config import DataConfig
 from ptuning_v2.data.errors import DataError
 from ptuning_v2.data.readers import (
     detect_tag_scheme,
-    load_local_ner,
     load_local_splits,
     load_local_squad,
     load_table,
@@ -19,6 +19,7 @@ from ptuning_v2.data.readers import (
     read_jsonl_tagged,
     read_squad,
 )
+from ptuning_v2.tasks.ner import NerTask
 
 
 def write(path: Path, text: str) -> Path:
@@ -281,11 +282,11 @@ def test_read_jsonl_tagged_length_mismatch(tmp_path: Path) -> None:
 
 
 def test_load_local_ner_mixes_conll_and_jsonl(tmp_path: Path) -> None:
-    dd = load_local_ner(
-        {
-            "train": write(tmp_path / "train.txt", CONLL),
-            "test": write(tmp_path / "test.jsonl", '{"tokens": ["Rome"], "tags": ["B-LOC"]}\n'),
-        }
+    dd = NerTask.load_local(
+        DataConfig(
+            train=str(write(tmp_path / "train.txt", CONLL)),
+            test=str(write(tmp_path / "test.jsonl", '{"tokens": ["Rome"], "tags": ["B-LOC"]}\n')),
+        )
     )
     assert {k: len(v) for k, v in dd.items()} == {"train": 3, "test": 1}
     assert dd["test"][0]["ner_tags"] == ["B-LOC"]

@@ -105,9 +105,9 @@ def test_prefix_is_broadcast_not_copied_per_example() -> None:
 
     original = attention_module.prepend_prefix
 
-    def spy(module, base, query, key, value, mask, prefix_key, prefix_value, kwargs):
-        seen.append(prefix_key.shape[0])
-        return original(module, base, query, key, value, mask, prefix_key, prefix_value, kwargs)
+    def spy(module, base, query, key, value, mask, prefix, kwargs):
+        seen.append(prefix.key.shape[0])
+        return original(module, base, query, key, value, mask, prefix, kwargs)
 
     attention_module.prepend_prefix = spy
     try:

@@ -149,10 +149,9 @@ def test_per_example_prompts_select_per_row() -> None:
     other = {name: torch.randn_like(t) for name, t in model.prompt().items()}
     ids = torch.cat([IDS["input_ids"], IDS["input_ids"]])
     stacked = {name: torch.stack([model.prompt()[name], other[name]]) for name in other}
-    with torch.no_grad(), model.injector.activate(stacked):
-        mixed = model.backbone(input_ids=ids).last_hidden_state
-    with torch.no_grad(), model.injector.activate(other):
-        second = model.backbone(**IDS).last_hidden_state
+    with torch.no_grad():
+        mixed = model.backbone(input_ids=ids, ptv2_prompts=model.injector.deliver(stacked)).last_hidden_state
+        second = model.backbone(**IDS, ptv2_prompts=model.injector.deliver(other)).last_hidden_state
     torch.testing.assert_close(mixed[0:1], model(**IDS).last_hidden_state, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(mixed[1:2], second, atol=1e-6, rtol=1e-6)
 

@@ -228,7 +228,10 @@ def test_full_fine_tuning_generates_through_the_plain_backbone(llama_dir: Path, 
     run.train.max_steps, run.train.lr = 5, 1e-3
     train_run(run, tmp_path / "full", show_progress=False)
     task, model = load_trained(tmp_path / "full" / "checkpoint")
-    assert not isinstance(model.encoder, DeepPromptModel)
+    pretrained = load_backbone(str(llama_dir), "causal_lm").state_dict()
+    tuned = model.encoder.state_dict()
+    assert set(tuned) == set(pretrained)  # the plain backbone, no prompt around it
+    assert any(not torch.equal(tuned[name], pretrained[name]) for name in pretrained)  # its weights trained
     assert isinstance(task.predict(model, ["a bad plot"])[0]["generated"], str)
 
 

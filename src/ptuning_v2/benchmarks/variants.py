@@ -11,6 +11,7 @@ from ptuning_v2.config import RunConfig
 from ptuning_v2.methods import get_method
 from ptuning_v2.models import BackboneKind, load_backbone
 from ptuning_v2.prompts.config import DeepPromptConfig
+from ptuning_v2.prompts.model import DeepPromptModel
 from ptuning_v2.tasks.classification import ClassificationModel
 
 PEFT_TASK_TYPES = {"encoder": "FEATURE_EXTRACTION", "causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
@@ -21,9 +22,9 @@ def backbone(name: str, kind: BackboneKind, device: torch.device, dtype: torch.d
 
 
 def ptuning_v2(model: nn.Module, k: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """P-Tuning v2 with ``k`` prefix tokens per layer (random init: values do not change the cost)."""
-    run = RunConfig(prompt=DeepPromptConfig(num_virtual_tokens=k))
-    return get_method("ptuning_v2").build(model, run, None).to(device=device, dtype=dtype)
+    """P-Tuning v2 with ``k`` prefix tokens per layer (random init: values do not change the cost);
+    ``k = 0`` measures the wrapper alone, which a run config refuses as a method."""
+    return DeepPromptModel(model, DeepPromptConfig(num_virtual_tokens=k)).to(device=device, dtype=dtype)
 
 
 def peft_prefix(

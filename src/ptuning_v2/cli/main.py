@@ -49,10 +49,18 @@ def is_user_error(exc: Exception) -> bool:
     from ptuning_v2.data import DataError
     from ptuning_v2.models import ModelLoadError
     from ptuning_v2.training.checkpoint import CheckpointError
+    from ptuning_v2.training.trainer import TrainingDivergedError
     from ptuning_v2.utils.cache import FetchError
 
     return isinstance(
-        exc, ConfigError | DataError | ModelLoadError | CheckpointError | FetchError | FileNotFoundError
+        exc,
+        ConfigError
+        | DataError
+        | ModelLoadError
+        | CheckpointError
+        | FetchError
+        | FileNotFoundError
+        | TrainingDivergedError,
     )
 
 

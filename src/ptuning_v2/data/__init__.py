@@ -15,7 +15,6 @@ from ptuning_v2.data.readers import (
     NER_FEATURES,
     QA_FEATURES,
     detect_tag_scheme,
-    load_local_ner,
     load_local_splits,
     load_local_squad,
     load_table,
@@ -23,6 +22,7 @@ from ptuning_v2.data.readers import (
     read_jsonl_tagged,
     read_squad,
 )
+from ptuning_v2.data.report import DataReport, truncated_flags, truncated_rows
 
 __all__ = [
     "CLASSIFICATION_FEATURES",
@@ -32,11 +32,11 @@ __all__ = [
     "SEQ2SEQ_FEATURES",
     "BuiltinDataset",
     "DataError",
+    "DataReport",
     "detect_tag_scheme",
     "get_builtin",
     "list_builtin",
     "load_builtin",
-    "load_local_ner",
     "load_local_splits",
     "load_local_squad",
     "load_table",
@@ -44,4 +44,6 @@ __all__ = [
     "read_conll",
     "read_jsonl_tagged",
     "read_squad",
+    "truncated_flags",
+    "truncated_rows",
 ]

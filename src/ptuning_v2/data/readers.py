@@ -17,6 +17,7 @@ from typing import Any, Literal
 from datasets import Dataset, DatasetDict, Features, List, Value
 
 from ptuning_v2.data.errors import DataError
+from ptuning_v2.data.report import DataReport
 
 SPLITS = ("train", "validation", "test")
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -41,7 +42,11 @@ _COLUMN_SEP = re.compile(r"[ \t]+")  # ASCII only: str.split() would also split 
 
 def read_text(path: str | Path) -> str:
     """Decode a file as UTF-8 (a BOM is dropped); a bad byte is reported with its line, not guessed at."""
-    raw = Path(path).read_bytes()
+    return decode_utf8(Path(path).read_bytes(), path)
+
+
+def decode_utf8(raw: bytes, path: str | Path) -> str:
+    """``raw`` as UTF-8 text (a BOM is dropped); a DataError names the line of the first bad byte."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -92,6 +97,7 @@ def _read_delimited(path: str | Path, text: str, delimiter: str) -> tuple[list[s
             continue  # blank line: carries no data
         if header is None:
             header, header_line = [f.strip() for f in fields], line
+            _check_separator(path, header, delimiter, line)
             for i, name in enumerate(header):
                 if not name:
                     raise DataError(f"column {i + 1} of the header has no name", path, line)
@@ -108,6 +114,18 @@ def _read_delimited(path: str | Path, text: str, delimiter: str) -> tuple[list[s
             )
         rows.append((line, dict(zip(header, fields, strict=True))))
     return header or [], rows
+
+
+def _check_separator(path: str | Path, header: list[str], delimiter: str, line: int) -> None:
+    """A one-column header that holds the other separator: the file was read with the wrong one."""
+    other, name, fmt = ("\t", "tab", "tsv") if delimiter == "," else (",", "comma", "csv")
+    if len(header) == 1 and other in header[0]:
+        raise DataError(
+            f"the header has no {'comma' if delimiter == ',' else 'tab'} but has {name}s: the file looks "
+            f"{name}-separated; name it .{fmt} or set data.format: {fmt}",
+            path,
+            line,
+        )
 
 
 def read_jsonl_objects(path: str | Path) -> list[tuple[int, dict]]:
@@ -145,8 +163,14 @@ def _read_table_rows(
     fmt: str | None,
     columns: Mapping[str, str] | None,
     required: Iterable[str] | None,
+    report: DataReport | None = None,
+    split: str = "",
 ) -> tuple[list[str], list[tuple[int, dict]]]:
-    """Rows renamed to our standard column names, each with the line it starts on."""
+    """Rows renamed to our standard column names, each with the line it starts on.
+
+    Spaces around a label are dropped (``"pos "`` is ``"pos"``, not a class of its own) and counted
+    in ``report``.
+    """
     fmt = table_format(path, fmt)
     if fmt == "jsonl":
         rows = read_jsonl_objects(path)
@@ -191,6 +215,10 @@ def _read_table_rows(
                     f"a label must be one value, found a {_kind(new['label'])}", path, line, "label"
                 )
             new["label"] = json.dumps(new["label"])  # labels are strings: 1 -> "1", true -> "true"
+        if isinstance(new.get("label"), str) and new["label"] != new["label"].strip():
+            new["label"] = new["label"].strip()
+            if report is not None:
+                report.change(split, "labels stripped of surrounding spaces")
         for name, value in new.items():
             if value is None:
                 continue
@@ -243,15 +271,19 @@ def load_local_splits(
     columns: Mapping[str, str] | None = None,
     required: Iterable[str] | None = None,
     check_labels: bool = True,
+    report: DataReport | None = None,
 ) -> DatasetDict:
     """Load ``{"train": path, "validation": path, "test": path}`` tables into a DatasetDict.
 
     With ``check_labels``, a ``label`` in validation/test that never occurs in train is an error
-    (with its file and line): a classifier cannot predict a class it has no output for.
+    (with its file and line): a classifier cannot predict a class it has no output for. Labels
+    stripped of spaces are counted in ``report``.
     """
     _check_split_names(files)
     required = None if required is None else list(required)
-    loaded = {split: _read_table_rows(path, fmt, columns, required) for split, path in files.items()}
+    loaded = {
+        split: _read_table_rows(path, fmt, columns, required, report, split) for split, path in files.items()
+    }
     if check_labels and "train" in loaded:
         train_labels = {row.get("label") for _, row in loaded["train"][1]}
         for split, (_, rows) in loaded.items():
@@ -359,20 +391,6 @@ def read_jsonl_tagged(path: str | Path) -> list[dict[str, Any]]:
     if not sentences:
         raise DataError("file is empty", path)
     return sentences
-
-
-def load_local_ner(files: Mapping[str, str | Path], token_col: int = 0, label_col: int = -1) -> DatasetDict:
-    """NER splits from CoNLL files (or ``.jsonl`` via :func:`read_jsonl_tagged`), in the conll2003 schema."""
-    _check_split_names(files)
-    out = {}
-    for split in (s for s in SPLITS if s in files):
-        path = files[split]
-        if Path(path).suffix.lower() in (".jsonl", ".ndjson"):
-            rows = read_jsonl_tagged(path)
-        else:
-            rows = read_conll(path, token_col, label_col)
-        out[split] = Dataset.from_list(rows, features=NER_FEATURES)
-    return DatasetDict(out)
 
 
 def detect_tag_scheme(tags: Sequence[str] | Sequence[Sequence[str]]) -> TagScheme:

@@ -5,6 +5,10 @@ so each run's peak memory is its own (the parent reads it with ``os.wait4``) and
 crashes cannot take the others down. All methods get the same config; only the values a method's
 own defaults set (its learning rates, say) differ, unless the config pins them, and
 ``method_overrides`` can change any field for one method.
+
+Fairness options: ``tune_trials`` gives every method the same number of ``ptv2 tune`` trials on dev
+before its test run; ``seeds`` repeats every run with consecutive seeds and reports mean ± standard
+deviation; ``budget_seconds`` gives every method the same training time instead of the same steps.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import copy
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -22,6 +27,7 @@ from typing import Any
 import torch
 
 from ptuning_v2.config import ConfigError, RunConfig, apply_overrides, read_config_file, with_method_defaults
+from ptuning_v2.tuning.space import apply_params, set_path
 from ptuning_v2.utils.io import atomic_write, write_json_atomic, write_text_atomic
 
 DEFAULT_METHODS = (
@@ -36,6 +42,9 @@ DEFAULT_METHODS = (
 CHILD_FILE = "child.json"
 LOG_FILE = "train.log"
 ROW_FILE = "row.json"
+# Per-run numbers averaged over seeds; the rest of a method's row is the same for every seed.
+AVERAGED = ("train_seconds", "eval_seconds", "steps", "wall_seconds", "peak_rss_bytes", "peak_cuda_bytes")
+SHARED = ("trainable_params", "total_params", "trainable_share", "checkpoint_bytes", "train_examples")
 
 
 def read_base_config(path: str | Path, overrides: list[str]) -> dict[str, Any]:
@@ -43,11 +52,44 @@ def read_base_config(path: str | Path, overrides: list[str]) -> dict[str, Any]:
     return apply_overrides(read_config_file(path), overrides)
 
 
-def method_config(base: dict[str, Any], method: str, overrides: list[str], source: str) -> RunConfig:
-    """``base`` (the user's config, before any method defaults) for ``method``, with its defaults under it."""
+def method_data(base: dict[str, Any], method: str, overrides: list[str]) -> dict[str, Any]:
+    """``base`` (the user's config, before any method defaults) for ``method``, with its overrides."""
     data = apply_overrides(copy.deepcopy(base), overrides)
     data["method"] = method
-    return RunConfig.from_dict(with_method_defaults(data), f"{source} ({method})")
+    return data
+
+
+def method_config(
+    data: dict[str, Any], source: str, params: dict[str, Any] | None = None, seed: int | None = None
+) -> RunConfig:
+    """One run of a method: its config dict with tuned ``params`` and ``seed`` set, defaults under it."""
+    data = apply_params(data, params or {})
+    if seed is not None:
+        set_path(data, "train.seed", seed)
+    return RunConfig.from_dict(with_method_defaults(data), f"{source} ({data['method']})")
+
+
+def tune_method(
+    data: dict[str, Any], tune_section: Any, trials: int, directory: Path, source: str
+) -> dict[str, Any]:
+    """``trials`` trials of ``ptv2 tune`` on dev for one method; its best values, without a test run."""
+    from ptuning_v2.tuning.search import run_tuning
+
+    summary = run_tuning(
+        {**data, "tune": tune_section} if tune_section is not None else data,
+        directory,
+        trials=trials,
+        final=False,
+        source=f"{source} ({data['method']})",
+    )
+    best = summary["best"]
+    return {
+        "trials": trials,
+        "study": str(directory),
+        "best_trial": best["number"],
+        "dev": best["dev"],
+        "params": best["params"],
+    }
 
 
 def run_method(run: RunConfig, directory: Path) -> dict[str, Any]:
@@ -87,6 +129,8 @@ def run_method(run: RunConfig, directory: Path) -> dict[str, Any]:
         "checkpoint_bytes": metrics["checkpoint_bytes"],
         "train_seconds": metrics["train_seconds"],
         "steps": metrics["steps"],
+        "eval_seconds": metrics.get("eval_seconds"),
+        "out_of_time": metrics.get("out_of_time", False),
         "train_examples": metrics["train_examples"],
         "peak_cuda_bytes": child_info.get("peak_cuda_bytes"),
     }
@@ -126,19 +170,36 @@ def run_comparison(
     source: str = "config",
     command: str | None = None,
     reuse: bool = False,
+    tune_trials: int | None = None,
+    seeds: int = 1,
+    budget_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Run every method, then write ``comparison.json``, ``comparison.md`` and ``comparison.png``.
 
     With ``reuse``, a method whose run directory already holds a finished run of the identical
-    config is read back instead of trained again.
+    config is read back instead of trained again (per seed). ``tune_trials`` searches each method's
+    space on dev first (``OUTPUT_DIR/tune/METHOD``, resumable); ``seeds`` > 1 runs seeds
+    ``train.seed``, ``train.seed + 1``, ... in ``RUNS_DIR/METHOD/seed_S``; ``budget_seconds`` sets
+    ``train.max_seconds`` for every run.
     """
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if tune_trials is not None and tune_trials < 1:
+        raise ConfigError(f"--tune must be at least 1 trial, got {tune_trials}")
+    if budget_seconds is not None and budget_seconds <= 0:
+        raise ConfigError(f"--budget-seconds must be positive, got {budget_seconds}")
     output_dir = Path(output_dir)
     runs_dir = Path(runs_dir) if runs_dir else output_dir / "runs"
     method_overrides = method_overrides or {}
     unknown = sorted(set(method_overrides) - set(methods))
     if unknown:
         raise ConfigError(f"per-method overrides for {unknown}, which are not among the compared methods")
+    base = copy.deepcopy(base)
+    tune_section = base.pop("tune", None)
+    if budget_seconds is not None:
+        set_path(base, "train.max_seconds", budget_seconds)
     reference = RunConfig.from_dict(with_method_defaults(copy.deepcopy(base)), source)
+    seed_list = [reference.train.seed + i for i in range(seeds)]
     from ptuning_v2.tasks import get_task  # importing tasks loads datasets; keep the CLI start fast
 
     task_cls = get_task(reference.task)
@@ -146,14 +207,29 @@ def run_comparison(
     for method in methods:
         print(f"[compare] {method} ...", file=sys.stderr, flush=True)
         try:
-            run = method_config(base, method, method_overrides.get(method, []), source)
-        except ConfigError as exc:
-            rows.append({"method": method, "status": "failed", "error": str(exc)})
+            data = method_data(base, method, method_overrides.get(method, []))
+            method_config(data, source)  # a bad config fails here, before any search
+            tuned = None
+            if tune_trials:
+                tuned = tune_method(data, tune_section, tune_trials, output_dir / "tune" / method, source)
+            runs = [method_config(data, source, tuned and tuned["params"], seed) for seed in seed_list]
+        except (
+            Exception
+        ) as exc:  # a failed search or config is this method's row, not the end of the comparison
+            error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            rows.append({"method": method, "status": "failed", "error": error})
+            print(f"[compare] {method}: failed: {error}", file=sys.stderr, flush=True)
             continue
-        row = finished_row(run, runs_dir / method) if reuse else None
-        rows.append(row or run_method(run, runs_dir / method))
-        status = rows[-1]["status"] + (" (reused the finished run)" if row else "")
-        print(f"[compare] {method}: {status}", file=sys.stderr, flush=True)
+        seed_rows = []
+        for run in runs:
+            directory = runs_dir / method if seeds == 1 else runs_dir / method / f"seed_{run.train.seed}"
+            row = finished_row(run, directory) if reuse else None
+            seed_rows.append({**(row or run_method(run, directory)), "seed": run.train.seed})
+            status = seed_rows[-1]["status"] + (" (reused the finished run)" if row else "")
+            label = method if seeds == 1 else f"{method} seed {run.train.seed}"
+            print(f"[compare] {label}: {status}", file=sys.stderr, flush=True)
+        row = seed_rows[0] if seeds == 1 else aggregate(method, seed_rows)
+        rows.append(row | ({"tuned": tuned} if tuned else {}))
     result = {
         "command": command,
         "task": reference.task,
@@ -162,6 +238,8 @@ def run_comparison(
         "metric": reference.train.metric_for_best or task_cls.main_metric,
         "higher_is_better": task_cls.higher_is_better,
         "budget": budget(reference),
+        "seeds": seed_list,
+        "tune_trials": tune_trials,
         "method_overrides": method_overrides,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "methods": rows,
@@ -172,6 +250,44 @@ def run_comparison(
     return result
 
 
+def _mean_std(dicts: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample standard deviation of every number that all ``dicts`` have."""
+    keys = [k for k, v in dicts[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    keys = [k for k in keys if all(isinstance(d.get(k), int | float) for d in dicts)]
+    means = {k: statistics.fmean(d[k] for d in dicts) for k in keys}
+    stds = {k: statistics.stdev(d[k] for d in dicts) for k in keys} if len(dicts) > 1 else {}
+    return means, stds
+
+
+def aggregate(method: str, seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One method's row over seeds: metrics as mean (``dev``, ``test``) and std (``dev_std``, ``test_std``).
+
+    The row is ``ok`` only when every seed's run is; the finished runs still give the mean.
+    """
+    ok = [r for r in seed_rows if r["status"] == "ok"]
+    failed = [r for r in seed_rows if r["status"] != "ok"]
+    row: dict[str, Any] = {
+        "method": method,
+        "status": "failed" if failed else "ok",
+        "seeds": [r["seed"] for r in seed_rows],
+        "finished_seeds": len(ok),
+    }
+    row |= {key: seed_rows[0][key] for key in ("lr", "head_lr") if key in seed_rows[0]}
+    if failed:
+        row["error"] = "; ".join(f"seed {r['seed']}: {r['error']}" for r in failed)
+    if ok:
+        row |= {key: ok[0].get(key) for key in SHARED}
+        for key in AVERAGED:
+            values = [r[key] for r in ok if r.get(key) is not None]
+            row[key] = statistics.fmean(values) if values else None
+        for split in ("dev", "test"):
+            row[split], row[f"{split}_std"] = _mean_std([r[split] for r in ok])
+    if all(r.get("reused") for r in seed_rows):
+        row["reused"] = True
+    row["runs"] = seed_rows
+    return row
+
+
 def budget(run: RunConfig) -> dict[str, Any]:
     """What every method shared: data sizes, steps or epochs, batch, sequence length, seed."""
     train = run.train
@@ -180,6 +296,7 @@ def budget(run: RunConfig) -> dict[str, Any]:
         "max_eval_examples": run.data.max_eval_examples,
         "max_steps": train.max_steps,
         "epochs": None if train.max_steps else train.epochs,
+        "max_seconds": train.max_seconds,
         "batch_size": train.batch_size,
         "max_length": train.max_length,
         "eval_every": train.eval_every,
@@ -208,10 +325,23 @@ def _count(n: int | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
 
 
+def _value(row: dict[str, Any], split: str, metric: str) -> str:
+    """``mean`` or ``mean ± std`` (over seeds) of one metric, ``-`` when there is none."""
+    mean = _metric(row, split, metric)
+    if mean is None:
+        return "-"
+    std = row.get(f"{split}_std", {}).get(metric)
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
 def markdown_report(result: dict[str, Any]) -> str:
     metric = result["metric"]
     b = result["budget"]
+    seeds = result.get("seeds") or [b["seed"]]
     length = f"{b['max_steps']} steps" if b["max_steps"] else f"{b['epochs']} epochs"
+    if b.get("max_seconds"):
+        length = f"{b['max_seconds']:g} s of training each (evaluation not counted; steps differ), at most {length}"
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
     lines = [
         f"# Method comparison: {result['task']} on {result['data']} with {result['model']}",
         "",
@@ -219,28 +349,51 @@ def markdown_report(result: dict[str, Any]) -> str:
         "",
         f"Budget (same for every method): {length}, batch {b['batch_size']}, max_length {b['max_length']}, "
         f"train examples {b['max_train_examples'] or 'all'}, eval examples {b['max_eval_examples'] or 'all'}, "
-        f"seed {b['seed']}, prompt length {b['prompt_length']}; device {result['device']}.",
+        f"{seed_text}, prompt length {b['prompt_length']}{' unless tuned' if result.get('tune_trials') else ''}; "
+        f"device {result['device']}.",
         "Metric of the best dev checkpoint on dev and test; memory is the peak RSS of the method's process"
         + (" (and peak CUDA memory)." if result["device"] == "cuda" else "."),
+    ]
+    if len(seeds) > 1:
+        lines.append(
+            f"Metrics are mean ± sample standard deviation over {len(seeds)} runs per method (one per seed; "
+            "the seed sets initialisation, data order and any max_*_examples subsets); times, steps and "
+            "memory are means."
+        )
+    if result.get("tune_trials"):
+        lines.append(
+            f"Hyper-parameters: each method's best of {result['tune_trials']} `ptv2 tune` trials on dev "
+            "(values below the table; studies and trial tables in OUTPUT_DIR/tune/METHOD/)."
+        )
+    lines += [
         "",
         f"| method | status | dev {metric} | test {metric} | trainable params | share | checkpoint | "
-        "train time | peak memory | lr / head lr |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "train time | steps | peak memory | lr / head lr |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["methods"]:
-        dev, test = _metric(row, "dev", metric), _metric(row, "test", metric)
         memory = _size(row.get("peak_rss_bytes"))
         if row.get("peak_cuda_bytes"):
             memory += f" (CUDA {_size(row['peak_cuda_bytes'])})"
         share = row.get("trainable_share")
         lr = f"{row['lr']:g} / {row['head_lr']:g}" if "lr" in row else "-"
-        train_time = f"{row['train_seconds']:.0f} s" if "train_seconds" in row else "-"
+        train_time = f"{row['train_seconds']:.0f} s" if row.get("train_seconds") is not None else "-"
+        steps = f"{row['steps']:.0f}" if row.get("steps") is not None else "-"
         lines.append(
-            f"| {row['method']} | {row['status']} | {'-' if dev is None else f'{dev:.4f}'} | "
-            f"{'-' if test is None else f'{test:.4f}'} | {_count(row.get('trainable_params'))} | "
+            f"| {row['method']} | {row['status']} | {_value(row, 'dev', metric)} | "
+            f"{_value(row, 'test', metric)} | {_count(row.get('trainable_params'))} | "
             f"{'-' if share is None else f'{share:.3%}'} | {_size(row.get('checkpoint_bytes'))} | "
-            f"{train_time} | {memory} | {lr} |"
+            f"{train_time} | {steps} | {memory} | {lr} |"
         )
+    tuned = [row for row in result["methods"] if row.get("tuned")]
+    if tuned:
+        lines += ["", "Tuned values (best trial, its dev score):", ""]
+        for row in tuned:
+            t = row["tuned"]
+            values = ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items()
+            )
+            lines.append(f"- {row['method']}: trial {t['best_trial']}, dev {metric} {t['dev']:.4f}: {values}")
     reused = [row["method"] for row in result["methods"] if row.get("reused")]
     if reused:
         lines += [
@@ -255,7 +408,11 @@ def markdown_report(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Test metric (dev where there is no test split) against trainable parameters, log x."""
+    """Test metric (dev where there is no test split) against trainable parameters, log x.
+
+    Over several seeds each method is its mean with ± one standard deviation as an error bar, and
+    every seed's run as a faint dot.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,16 +421,22 @@ def plot(result: dict[str, Any], path: Path) -> None:
     metric = result["metric"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     split = "test"
-    for row in result["methods"]:
-        if row["status"] != "ok":
+    for index, row in enumerate(result["methods"]):
+        if _metric(row, "test", metric) is None and _metric(row, "dev", metric) is None:
             continue
         split = "test" if row["test"] else "dev"
+        color = f"C{index % 10}"
         y, x = _metric(row, split, metric), row["trainable_params"]
-        ax.scatter(x, y, s=40)
-        ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
+        std = row.get(f"{split}_std", {}).get(metric)
+        ax.errorbar(x, y, yerr=std, fmt="o", color=color, capsize=4, markersize=6)
+        for run in row.get("runs", []):
+            if run["status"] == "ok":
+                ax.scatter(x, _metric(run, split, metric), s=12, color=color, alpha=0.35)
+        ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel(f"{split} {metric}")
+    seeds = result.get("seeds") or []
+    ax.set_ylabel(f"{split} {metric}" + (f" (mean ± std, {len(seeds)} seeds)" if len(seeds) > 1 else ""))
     ax.set_title(f"{result['task']} on {result['data']} ({result['model']})")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -288,7 +451,7 @@ def _child_main(config_path: str, directory: str) -> None:
     run = RunConfig.from_dict(json.loads(Path(config_path).read_text(encoding="utf-8")), config_path)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    train_run(run, directory, show_progress=False)
+    train_run(run, directory, show_progress=False, overwrite=True)  # run_method decided to (re)train
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     write_json_atomic(Path(directory) / CHILD_FILE, {"peak_cuda_bytes": peak})
 

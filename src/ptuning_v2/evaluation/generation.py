@@ -65,7 +65,8 @@ def evaluate_untuned(run: RunConfig, output_dir: str | Path) -> dict[str, Any]:
     task = task_cls(run, tokenizer)
     task.prepare(splits)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = task.build_model(freeze(load_backbone(run.model, task_cls.backbone_kind))).to(device)
+    backbone = load_backbone(run.model, task_cls.backbone_kind, options=run.model_options)
+    model = task.build_model(freeze(backbone)).to(device)
     features = task.featurize(splits["test"], "test")
     metrics = {
         "method": "untuned",
@@ -85,7 +86,7 @@ def compare_untuned(run: RunConfig, output_dir: str | Path, show_progress: bool 
 
     output_dir = Path(output_dir)
     untuned = evaluate_untuned(run, output_dir / "untuned")
-    tuned = train_run(run, output_dir / run.method, show_progress=show_progress)
+    tuned = train_run(run, output_dir / run.method, show_progress=show_progress, overwrite=True)
     rows = {"untuned": untuned, run.method: tuned}
     report = {
         "model": run.model,

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
-from ptuning_v2.tasks.base import Task
-
-
-def batches(
-    task: Task, features: list[dict[str, Any]], size: int, device: torch.device | str
-) -> Iterator[dict]:
-    for start in range(0, len(features), size):
-        batch = task.collate(features[start : start + size])
-        yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+from ptuning_v2.tasks.base import Task, batches
 
 
 def evaluate_split(

@@ -2,19 +2,22 @@
 
 This is the official P-Tuning v2 form. Rather than PEFT's ``past_key_values`` route (which BERT-family
 models reject in transformers 5.x) or copies of model code, the backbone's attention implementation
-is swapped for a thin wrapper registered in transformers' ``AttentionInterface``. The wrapper looks up
-the prefix of the calling module, concatenates it in front of the keys and values (after rotary
-embeddings, so the prompt has no position and real tokens keep theirs), widens the mask, and hands
-over to the original implementation (sdpa, eager, flash, ...). With no active prompt it is the
-original implementation, call for call.
+is swapped for a thin wrapper registered in transformers' ``AttentionInterface``. The wrapper finds
+the prefix of the calling module in the call's own keyword arguments (``ptv2_prompts``, which
+transformers 5 forwards from the model's ``forward`` down to attention), concatenates it in front of
+the keys and values (after rotary embeddings, so the prompt has no position and real tokens keep
+theirs), widens the mask, and hands over to the original implementation (sdpa, eager, flash, ...).
+
+Because the prompts travel with the call, a checkpointed layer's recompute in the backward pass
+replays them, two prompted models can share one backbone from two threads, and a call without
+``ptv2_prompts`` is the original implementation, call for call.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,11 +29,35 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from ptuning_v2.injection.slots import AttentionSlot, ProbeCall, probe_inputs, slots_from_probe
 
 PREFIX = "ptv2_"
+PROMPTS_KWARG = "ptv2_prompts"
+"""The keyword argument that carries one call's prompts from the model's ``forward`` to its layers."""
 
-# slot name -> (keys, values), each [batch or 1, kv_heads, length, head_dim]; or a probe list.
-_ACTIVE: ContextVar[dict[str, tuple[torch.Tensor, torch.Tensor]] | list[ProbeCall] | None] = ContextVar(
-    "ptv2_active_prefixes", default=None
-)
+
+@dataclass(frozen=True)
+class Prefix:
+    """One slot's prefix for one call.
+
+    ``key`` and ``value`` are ``[batch or 1, kv_heads, length, head_dim]``; ``mask`` (``[batch, length]``,
+    True where attended) hides the unused positions of rows whose prompt is shorter than the longest in
+    a mixed-task batch, or that have no prompt at this layer. ``None``: every position is attended.
+    """
+
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one forward call hands the layers: each slot's prompt, and the injector that made them
+    (hidden-mode hooks of another prompted model on the same backbone leave it alone)."""
+
+    owner: object
+    prompts: Mapping[str, Any]
+
+
+class Recording(list[ProbeCall]):
+    """Passed as ``ptv2_prompts`` to record every attention call (probe, text initialisation)."""
 
 
 def _base_function(module: nn.Module, base: str) -> Callable[..., Any]:
@@ -49,19 +76,26 @@ def _make_prefixed_attention(base: str) -> Callable[..., Any]:
         attention_mask: torch.Tensor | None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        active = _ACTIVE.get()
-        slot = getattr(module, "_ptv2_slot", None)
-        if isinstance(active, list):
-            active.append(ProbeCall(module, query.shape[2], key.detach(), value.detach()))
-        elif active is not None and slot in active:
-            prefix_key, prefix_value = active[slot]
-            key, value, attention_mask, kwargs = prepend_prefix(
-                module, base, query, key, value, attention_mask, prefix_key, prefix_value, kwargs
-            )
+        delivery = kwargs.pop(PROMPTS_KWARG, None)
+        if isinstance(delivery, Recording):
+            delivery.append(ProbeCall(module, query.shape[2], key.detach(), value.detach()))
+        elif isinstance(delivery, Delivery):
+            prefix = delivery.prompts.get(getattr(module, "_ptv2_slot", None))
+            if isinstance(prefix, Prefix):
+                key, value, attention_mask, kwargs = prepend_prefix(
+                    module, base, query, key, value, attention_mask, prefix, kwargs
+                )
         return _base_function(module, base)(module, query, key, value, attention_mask, **kwargs)
 
     prefixed_attention.__name__ = f"{PREFIX}{base}"
     return prefixed_attention
+
+
+def _rows(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """A per-row tensor for ``batch`` rows: generate() repeats each row for beams / returned sequences."""
+    if tensor.shape[0] in (1, batch):
+        return tensor
+    return tensor.repeat_interleave(batch // tensor.shape[0], dim=0)
 
 
 def prepend_prefix(
@@ -71,16 +105,17 @@ def prepend_prefix(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    prefix_key: torch.Tensor,
-    prefix_value: torch.Tensor,
+    prefix: Prefix,
     kwargs: dict[str, Any],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """Concatenate the prefix in front of keys/values and widen the mask (and T5's position bias)."""
-    length = prefix_key.shape[2]
+    batch = key.shape[0]
+    length = prefix.key.shape[2]
     q_len, kv_len = query.shape[2], key.shape[2]
-    key = prepend_tokens(prefix_key.to(key.dtype), key)
-    value = prepend_tokens(prefix_value.to(value.dtype), value)
-    attention_mask = widen_mask(attention_mask, length, q_len, kv_len, module, base, query)
+    key = prepend_tokens(_rows(prefix.key, batch).to(key.dtype), key)
+    value = prepend_tokens(_rows(prefix.value, batch).to(value.dtype), value)
+    prefix_mask = None if prefix.mask is None else _rows(prefix.mask, batch)
+    attention_mask = widen_mask(attention_mask, length, q_len, kv_len, module, base, query, prefix_mask)
     bias = kwargs.get("position_bias")
     if bias is not None:
         zeros = bias.new_zeros(*bias.shape[:-1], length)
@@ -110,21 +145,38 @@ def widen_mask(
     module: nn.Module,
     base: str,
     query: torch.Tensor,
+    prefix_mask: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """Every query may attend to every prefix position; the rest of the mask is unchanged."""
+    """Every query may attend to every (unmasked) prefix position; the rest of the mask is unchanged."""
+    causal = base == "sdpa" and q_len > 1 and getattr(module, "is_causal", False)
     if mask is None:
+        if prefix_mask is None and not causal:
+            return None
         # sdpa infers causality from a missing mask; with a prefix the shapes no longer imply it.
-        if base == "sdpa" and q_len > 1 and getattr(module, "is_causal", False):
-            # One op: the diagonal offset leaves every prefix column visible (kv_len >= q_len).
-            total = length + kv_len
-            visible = torch.ones(q_len, total, dtype=torch.bool, device=query.device)
-            return visible.tril(total - q_len)[None, None]
-        return None
+        # One op: the diagonal offset leaves every prefix column visible (kv_len >= q_len).
+        total = length + kv_len
+        visible = torch.ones(q_len, total, dtype=torch.bool, device=query.device)
+        mask = visible.tril(total - q_len)[None, None] if causal else visible[None, None]
+        if prefix_mask is None:
+            return mask
+        mask = mask[..., length:]  # the real keys' part; the prefix part comes from prefix_mask
+        if base != "sdpa":  # eager implementations add the mask to the scores
+            mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
     if mask.dim() == 2:  # flash-attention style padding mask [batch, keys]
-        return torch.cat([mask.new_ones(mask.shape[0], length), mask], dim=-1)
+        cols = prefix_mask.to(mask.dtype) if prefix_mask is not None else mask.new_ones(mask.shape[0], length)
+        return torch.cat([cols.expand(mask.shape[0], -1), mask], dim=-1)
+    if prefix_mask is None:
+        fill = mask.new_ones if mask.dtype == torch.bool else mask.new_zeros
+        return torch.cat([fill(*mask.shape[:-1], length), mask], dim=-1)
     if mask.dtype == torch.bool:
-        return torch.cat([mask.new_ones(*mask.shape[:-1], length), mask], dim=-1)
-    return torch.cat([mask.new_zeros(*mask.shape[:-1], length), mask], dim=-1)
+        cols = prefix_mask
+    else:
+        cols = torch.zeros(prefix_mask.shape, dtype=mask.dtype, device=mask.device)
+        cols = cols.masked_fill(~prefix_mask, torch.finfo(mask.dtype).min)
+    batch = max(mask.shape[0], cols.shape[0])
+    shape = (batch, mask.shape[1], mask.shape[2])
+    cols = cols[:, None, None, :].expand(*shape, length)
+    return torch.cat([cols, mask.expand(*shape, mask.shape[-1])], dim=-1)
 
 
 def _implementation_name(base: str) -> str:
@@ -136,23 +188,41 @@ def _implementation_name(base: str) -> str:
     return name
 
 
+def _accept_prompts_in_generate(model: nn.Module) -> None:
+    """generate() refuses keyword arguments the model's signature does not name; ours it forwards."""
+    if "_validate_model_kwargs" in vars(model) or not hasattr(model, "_validate_model_kwargs"):
+        return
+    validate = model._validate_model_kwargs
+
+    def validate_model_kwargs(model_kwargs: dict[str, Any]) -> None:
+        model_kwargs.pop(PROMPTS_KWARG, None)
+        validate(model_kwargs)
+
+    model._validate_model_kwargs = validate_model_kwargs
+
+
 def install(model: nn.Module) -> list[AttentionSlot]:
-    """Route the model's attention through the prefix wrapper and name every attention slot."""
+    """Route the model's attention through the prefix wrapper and name every attention slot.
+
+    Several prompted models may share one backbone: each install counts, and ``uninstall`` restores
+    the backbone when the last one is removed.
+    """
     current = model.config._attn_implementation
     base = current.removeprefix(PREFIX) if current else "eager"
     if base not in ALL_MASK_ATTENTION_FUNCTIONS:
         raise ValueError(f"attention implementation {base!r} is not supported for prefix injection")
-    model.set_attn_implementation(_implementation_name(base))
-    calls: list[ProbeCall] = []
-    token = _ACTIVE.set(calls)
-    try:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            model(**probe_inputs(model))
-        model.train(was_training)
-    finally:
-        _ACTIVE.reset(token)
+    if not getattr(model, "_ptv2_installs", 0):
+        model._ptv2_original_attention = current
+        model._ptv2_installs = 0
+        model.set_attn_implementation(_implementation_name(base))
+        _accept_prompts_in_generate(model)
+    model._ptv2_installs += 1
+    calls = Recording()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(**probe_inputs(model), **{PROMPTS_KWARG: calls})
+    model.train(was_training)
     slots = slots_from_probe(model, calls)
     modules = dict(model.named_modules())
     for slot in slots:
@@ -160,25 +230,26 @@ def install(model: nn.Module) -> list[AttentionSlot]:
     return slots
 
 
-@contextmanager
-def active_prefixes(prefixes: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
-    """Make ``prefixes`` (slot name -> keys, values) visible to the attention wrapper in this context."""
-    token = _ACTIVE.set(prefixes)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
+def uninstall(model: nn.Module) -> None:
+    """Undo one ``install``; the last one gives the backbone back its own attention, as it was."""
+    model._ptv2_installs -= 1
+    if model._ptv2_installs:
+        return
+    for module in model.modules():
+        if "_ptv2_slot" in vars(module):
+            del module._ptv2_slot
+    vars(model).pop("_validate_model_kwargs", None)
+    model.set_attn_implementation(model._ptv2_original_attention)
+    del model._ptv2_installs, model._ptv2_original_attention
 
 
-@contextmanager
-def recording() -> Iterator[list[ProbeCall]]:
-    """Record attention calls (used to capture the keys and values that a text produces)."""
-    calls: list[ProbeCall] = []
-    token = _ACTIVE.set(calls)
-    try:
-        yield calls
-    finally:
-        _ACTIVE.reset(token)
+def to_key_value(prompt: torch.Tensor, slot: AttentionSlot) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``[length, width]`` or ``[batch, length, width]`` prompt as key and value views
+    ``[batch or 1, kv_heads, length, head_dim]`` (width = key and value of every kv head)."""
+    batched = prompt if prompt.dim() == 3 else prompt.unsqueeze(0)
+    kv = batched.view(batched.shape[0], batched.shape[1], 2, slot.num_kv_heads, slot.head_dim)
+    kv = kv.permute(2, 0, 3, 1, 4)
+    return kv[0], kv[1]
 
 
 class PrefixInjector:
@@ -194,24 +265,27 @@ class PrefixInjector:
     def widths(self) -> dict[str, int]:
         return {slot.name: slot.width for slot in self.slots}
 
-    @contextmanager
-    def activate(self, prompts: dict[str, torch.Tensor]) -> Iterator[None]:
-        """Prompts are ``[length, width]`` (shared by the batch) or ``[batch, length, width]`` (per example)."""
-        heads = {slot.name: (slot.num_kv_heads, slot.head_dim) for slot in self.slots}
-        prefixes = {}
-        for name, tensor in prompts.items():
-            h, d = heads[name]
-            batched = tensor if tensor.dim() == 3 else tensor.unsqueeze(0)
-            kv = batched.view(batched.shape[0], batched.shape[1], 2, h, d).permute(2, 0, 3, 1, 4)
-            prefixes[name] = (kv[0], kv[1])
-        with active_prefixes(prefixes):
-            yield
+    def deliver(
+        self, prompts: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None = None
+    ) -> Delivery:
+        """The ``ptv2_prompts`` argument for one call. Prompts are ``[length, width]`` (shared by the
+        batch) or ``[batch, length, width]`` (per row, with an optional ``[batch, length]`` mask)."""
+        by_name = {slot.name: slot for slot in self.slots}
+        masks = masks or {}
+        prefixes = {
+            name: Prefix(*to_key_value(tensor, by_name[name]), masks.get(name))
+            for name, tensor in prompts.items()
+        }
+        return Delivery(self, prefixes)
+
+    def remove(self) -> None:
+        uninstall(self.model)
 
     @torch.no_grad()
     def capture(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The keys and values each slot computes for ``inputs`` (one example), as ``[tokens, width]``."""
-        with recording() as calls:
-            self.model(**inputs)
+        calls = Recording()
+        self.model(**inputs, **{PROMPTS_KWARG: calls})
         out = {}
         for call in calls:
             name = getattr(call.module, "_ptv2_slot", None)

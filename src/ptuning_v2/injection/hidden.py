@@ -7,17 +7,14 @@ since their outputs are dropped and the next layer gets fresh vectors.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
-from ptuning_v2.injection.attention import install
-
-_ACTIVE: ContextVar[dict[str, torch.Tensor] | None] = ContextVar("ptv2_hidden_prompts", default=None)
+from ptuning_v2.injection.attention import PROMPTS_KWARG, Delivery, install, uninstall
 
 
 def _layer_of(model: nn.Module, attention_path: str) -> tuple[str, nn.Module]:
@@ -60,23 +57,31 @@ class HiddenInjector:
         hidden = config.hidden_size
         self.slots = [slot for slot in install(model) if slot.kind in attach_to]
         self._widths = {slot.name: hidden for slot in self.slots}
-        self.layers: dict[str, nn.Module] = {}
+        self.handles: list[RemovableHandle] = []
         for slot in self.slots:
             _, layer = _layer_of(model, slot.module_path)
-            self.layers[slot.name] = layer
-            layer.register_forward_pre_hook(self._make_pre_hook(slot.name), with_kwargs=True)
-            layer.register_forward_hook(self._make_post_hook(slot.name))
+            self.handles.append(
+                layer.register_forward_pre_hook(self._make_pre_hook(slot.name), with_kwargs=True)
+            )
+            self.handles.append(
+                layer.register_forward_hook(self._make_post_hook(slot.name), with_kwargs=True)
+            )
 
     def widths(self) -> dict[str, int]:
         return dict(self._widths)
 
-    @staticmethod
-    def _make_pre_hook(name: str) -> Any:
+    def _own_prompt(self, name: str, kwargs: dict) -> torch.Tensor | None:
+        """This injector's prompt for layer ``name`` in this call; another model's delivery is not ours."""
+        delivery = kwargs.get(PROMPTS_KWARG)
+        if isinstance(delivery, Delivery) and delivery.owner is self:
+            return delivery.prompts.get(name)
+        return None
+
+    def _make_pre_hook(self, name: str) -> Any:
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            active = _ACTIVE.get()
-            if active is None or name not in active:
+            prompt = self._own_prompt(name, kwargs)
+            if prompt is None:
                 return None
-            prompt = active[name]
             hidden = args[0] if args else kwargs["hidden_states"]
             prompt = prompt.to(hidden.dtype).expand(hidden.shape[0], -1, -1)
             hidden = torch.cat([prompt, hidden], dim=1)
@@ -93,26 +98,31 @@ class HiddenInjector:
 
         return pre_hook
 
-    @staticmethod
-    def _make_post_hook(name: str) -> Any:
-        def post_hook(module: nn.Module, args: tuple, output: Any) -> Any:
-            active = _ACTIVE.get()
-            if active is None or name not in active:
+    def _make_post_hook(self, name: str) -> Any:
+        def post_hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            prompt = self._own_prompt(name, kwargs)
+            if prompt is None:
                 return None
-            length = active[name].shape[-2]
+            length = prompt.shape[-2]
             if isinstance(output, torch.Tensor):
                 return output[:, length:]
             return (output[0][:, length:], *output[1:])
 
         return post_hook
 
-    @contextmanager
-    def activate(self, prompts: dict[str, torch.Tensor]) -> Iterator[None]:
-        token = _ACTIVE.set(prompts)
-        try:
-            yield
-        finally:
-            _ACTIVE.reset(token)
+    def deliver(
+        self, prompts: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None = None
+    ) -> Delivery:
+        """The ``ptv2_prompts`` argument for one call: ``[length, hidden]`` or ``[batch, length, hidden]``."""
+        if masks:
+            raise ValueError("prompts of different lengths in one batch need prompt.mode 'prefix'")
+        return Delivery(self, dict(prompts))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        uninstall(self.model)
 
     @torch.no_grad()
     def capture(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

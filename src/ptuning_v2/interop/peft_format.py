@@ -170,7 +170,7 @@ def import_checkpoint(adapter_dir: str | Path, out_dir: str | Path, run: RunConf
         num_virtual_tokens=config["num_virtual_tokens"], position_offset="prefix", init="zero"
     )
     tokenizer = load_tokenizer(run.model)
-    backbone = load_backbone(run.model, task_cls.backbone_kind)
+    backbone = load_backbone(run.model, task_cls.backbone_kind, options=run.model_options)
     fingerprint = backbone_fingerprint(backbone)
     task = task_cls(run, tokenizer)
     model = build_model(run, task, backbone, tokenizer)

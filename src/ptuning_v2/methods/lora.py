@@ -14,12 +14,11 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
-from ptuning_v2.config import ConfigError, RunConfig
+from ptuning_v2.config import ConfigError, LoraOptions, RunConfig
 from ptuning_v2.methods.registry import Method, freeze, register_method
 
-RANK = 8
-ALPHA = 16
-DROPOUT = 0.1
+RANK = LoraOptions.rank  # the defaults; a run's own values are in ``run.lora``
+ALPHA = LoraOptions.alpha
 # Query/value projections under the names common architectures give them, for models PEFT's table lacks.
 _FALLBACK_NAMES = (("query", "value"), ("q_proj", "v_proj"), ("q", "v"), ("q_lin", "v_lin"))
 
@@ -43,14 +42,21 @@ def lora_targets(backbone: nn.Module) -> list[str]:
 
 
 def build_lora(backbone: nn.Module, config: RunConfig, tokenizer: Any) -> nn.Module:
-    lora = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules=lora_targets(backbone))
+    options = config.lora
+    lora = LoraConfig(
+        r=options.rank,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules=lora_targets(backbone),
+    )
     return inject_adapter_in_model(lora, freeze(backbone))
 
 
 register_method(
     Method(
         "lora",
-        f"LoRA through PEFT: rank-{RANK} updates of the attention query/value projections (Hu et al., 2021)",
+        "LoRA through PEFT: low-rank updates (lora.rank, default 8) of the attention query/value projections "
+        "(Hu et al., 2021)",
         build_lora,
         {"train": {"lr": 1e-3, "head_lr": 5e-3}},
     )

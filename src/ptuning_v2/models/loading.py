@@ -17,14 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import huggingface_hub.constants
 import torch
-from huggingface_hub.errors import LocalEntryNotFoundError
+from huggingface_hub import model_info, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+from torch import nn
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
-    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -123,6 +125,47 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+HUB_TIMEOUT_S = 5.0
+"""How long to wait for the Hugging Face hub before calling it unreachable; a download through an
+unreachable hub retries for about 50 s before it fails."""
+
+
+def hub_or_cache(name: str, path: str, what: str) -> str:
+    """Where to load a resolved model from, failing in seconds when nothing can be loaded.
+
+    A local folder is itself. A hub name is checked with one short request first: an unknown name or an
+    unreachable hub is an error at once (the name's cached snapshot is used when the hub is down).
+    """
+    if os.path.isdir(path):
+        return path
+    cached = try_to_load_from_cache(name, "config.json")
+    snapshot = os.path.dirname(cached) if isinstance(cached, str) else None
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        if snapshot is not None:
+            return snapshot
+        raise ModelLoadError(
+            f"could not load {what} {name!r} from the Hugging Face hub (offline? HF_HUB_OFFLINE is set and "
+            f"it is not in the local cache); {_aliases_hint()}"
+        )
+    try:
+        model_info(name, timeout=HUB_TIMEOUT_S)
+    except RepositoryNotFoundError:
+        raise ModelLoadError(
+            f"model {name!r} is not a built-in alias, a local folder, or a model on the Hugging Face hub; "
+            f"{_aliases_hint()}"
+        ) from None
+    except HfHubHTTPError:
+        return path  # gated, private or rate-limited: the download itself says what it needs
+    except Exception as exc:  # DNS failure, refused connection, timeout: the HTTP client's own types
+        if snapshot is not None:
+            return snapshot
+        raise ModelLoadError(
+            f"could not load {what} {name!r}: the Hugging Face hub is unreachable (offline?): {exc}; "
+            f"{_aliases_hint()}"
+        ) from None
+    return path
+
+
 def _materialise(alias: ModelAlias) -> Path:
     files = alias.fetch_files()
     if alias.gguf_file is None:
@@ -164,7 +207,7 @@ def convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> Path:
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """AutoTokenizer, with pad = eos where none is set (decoder-only tokenizers), so batching works."""
-    path = resolve_model(name_or_path)
+    path = hub_or_cache(name_or_path, resolve_model(name_or_path), "tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
@@ -175,13 +218,20 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 
 def load_backbone(
-    name_or_path: str, kind: BackboneKind, dtype: torch.dtype | str | None = None
+    name_or_path: str,
+    kind: BackboneKind,
+    dtype: torch.dtype | str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
-    """Load a backbone with SDPA attention (eager where unsupported); ``dtype=None`` keeps the checkpoint's."""
+    """Load a backbone with SDPA attention (eager where unsupported); ``dtype=None`` keeps the checkpoint's.
+
+    ``options`` is a run's ``model_options`` (see ``backbone_load_kwargs``): 8-bit or 4-bit loading.
+    """
     if kind not in _AUTO_CLASSES:
         raise ValueError(f"kind must be one of {sorted(_AUTO_CLASSES)}, got {kind!r}")
-    path = resolve_model(name_or_path)
-    kwargs: dict[str, Any] = {"output_loading_info": True}
+    load_kwargs = backbone_load_kwargs(options or {})
+    path = hub_or_cache(name_or_path, resolve_model(name_or_path), f"{kind} backbone")
+    kwargs: dict[str, Any] = {"output_loading_info": True, **load_kwargs}
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
@@ -193,8 +243,91 @@ def load_backbone(
             model, info = _AUTO_CLASSES[kind].from_pretrained(path, attn_implementation="eager", **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(name_or_path, path, f"{kind} backbone", exc) from exc
+    except (ImportError, RuntimeError) as exc:
+        if "quantization_config" not in kwargs:
+            raise
+        raise ModelLoadError(
+            f"could not load {name_or_path!r} quantised with bitsandbytes: {exc}; quantised backbones need "
+            "bitsandbytes with a backend for this device (CUDA, or its CPU backend from version 0.49)"
+        ) from exc
     _drop_uninitialised_pooler(model, info["missing_keys"])
+    _keep_4bit_weights_differentiable(model)
     return model.eval()
+
+
+def _keep_4bit_weights_differentiable(model: nn.Module) -> None:
+    """bitsandbytes' CPU 4-bit layers repack their weights for an inference-only kernel at the first
+    forward in eval mode without grad (the prompt slot probe is one); every later forward then drops the
+    gradient to the input, so prompts below the layer silently got none, and the weights' bytes (hence
+    the fingerprint) changed. Turning that repacking off keeps the differentiable kernel."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}  # fmt: skip
+MODEL_OPTIONS = {
+    "load_in_8bit": bool,
+    "load_in_4bit": bool,
+    "bnb_4bit_compute_dtype": str,
+    "bnb_4bit_quant_type": str,
+    "bnb_4bit_use_double_quant": bool,
+    "bnb_4bit_quant_storage": str,
+    "llm_int8_threshold": float,
+    "llm_int8_skip_modules": list,
+}
+_DTYPE_OPTIONS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")
+
+
+def backbone_load_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """``from_pretrained`` arguments for a run's ``model_options``: bitsandbytes' 8-bit or 4-bit loading
+    (``load_in_8bit`` / ``load_in_4bit`` and the ``bnb_4bit_*`` and ``llm_int8_*`` fields of transformers'
+    ``BitsAndBytesConfig``). The layers that stay unquantised keep the checkpoint's dtype, so the hidden
+    states, the head and the prompts stay in full precision. Bad keys or values raise ConfigError.
+    """
+    from ptuning_v2.config import ConfigError  # the config module imports model code lazily, not this one
+
+    for key, value in options.items():
+        if key not in MODEL_OPTIONS:
+            raise ConfigError(f"model_options.{key}: unknown option; known: {list(MODEL_OPTIONS)}")
+        expected = MODEL_OPTIONS[key]
+        if not _fits(value, expected):
+            raise ConfigError(f"model_options.{key}: expected {expected.__name__}, got {value!r}")
+        allowed = {"bnb_4bit_quant_type": ("nf4", "fp4")}.get(key, _DTYPES if key in _DTYPE_OPTIONS else None)
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"model_options.{key}: {value!r} is not one of {sorted(allowed)}")
+    quant = dict(options)
+    if not quant:
+        return {}
+    bits = [k for k in ("load_in_8bit", "load_in_4bit") if quant.get(k)]
+    if len(bits) != 1:
+        raise ConfigError(
+            "model_options: bitsandbytes options need exactly one of load_in_8bit: true or load_in_4bit: true"
+        )
+    if bits == ["load_in_8bit"] and any(k.startswith("bnb_4bit") for k in quant):
+        raise ConfigError("model_options: bnb_4bit_* options apply to load_in_4bit, not load_in_8bit")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelLoadError(
+            "model_options asks for a quantised backbone, which needs bitsandbytes: "
+            "pip install 'ptuning-v2[quantization]'"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    for key in _DTYPE_OPTIONS:
+        if key in quant:
+            quant[key] = _DTYPES[quant[key]]
+    return {"quantization_config": BitsAndBytesConfig(**quant)}
+
+
+def _fits(value: Any, expected: type) -> bool:
+    if isinstance(value, bool):
+        return expected is bool
+    return isinstance(value, int | float) if expected is float else isinstance(value, expected)
 
 
 def _drop_uninitialised_pooler(model: PreTrainedModel, missing_keys: set[str] | list[str]) -> None:
@@ -230,40 +363,9 @@ def backbone_fingerprint(model: torch.nn.Module) -> str:
         tensor = param.detach()
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}\n".encode())
         digest.update(tensor.contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+        # bitsandbytes keeps quantised weights' scales beside the parameter: part of the weights too.
+        scales = getattr(getattr(param, "quant_state", None), "absmax", None)
+        for scale in (scales, getattr(param, "SCB", None)):
+            if isinstance(scale, torch.Tensor):
+                digest.update(scale.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
-
-
-def describe_backbone(model: PreTrainedModel) -> dict[str, Any]:
-    """The shapes prompt layers need, read across BERT/GPT-2/T5/BART/Llama-style config field names."""
-    config = model.config.get_text_config()
-    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
-    num_layers = _first(config, "num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "n_layers")
-    hidden_size = _first(config, "hidden_size", "n_embd", "d_model", "dim")
-    heads = _first(config, "num_attention_heads", "n_head", "num_heads", "encoder_attention_heads", "n_heads")
-    head_dim = _first(config, "head_dim", "d_kv")
-    if head_dim is None and hidden_size and heads:
-        head_dim = hidden_size // heads
-    decoder_layers = decoder_heads = None
-    if encoder_decoder:
-        decoder_layers = _first(config, "num_decoder_layers", "decoder_layers") or num_layers
-        decoder_heads = _first(config, "decoder_attention_heads") or heads
-    return {
-        "model_type": config.model_type,
-        "is_encoder_decoder": encoder_decoder,
-        "num_layers": num_layers,
-        "num_decoder_layers": decoder_layers,
-        "hidden_size": hidden_size,
-        "num_attention_heads": heads,
-        "num_decoder_attention_heads": decoder_heads,
-        "num_key_value_heads": _first(config, "num_key_value_heads") or heads,
-        "head_dim": head_dim,
-        "num_params": sum(p.numel() for p in model.parameters()),
-    }
-
-
-def _first(config: PretrainedConfig, *names: str) -> int | None:
-    for name in names:
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None

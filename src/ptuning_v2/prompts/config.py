@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 InjectionMode = Literal["prefix", "hidden"]
-InitMethod = Literal["random", "zero", "text"]
+InitMethod = Literal["random", "zero", "text", "checkpoint"]
 LengthSchedule = Literal["constant", "adaptive"]
 SlotKind = Literal["self", "decoder_self", "cross"]
 PositionOffset = Literal["none", "prefix"]
@@ -38,6 +38,9 @@ class DeepPromptConfig:
     init: InitMethod = "random"
     init_std: float = 0.02
     init_text: str | None = None
+    init_checkpoint: str | None = None
+    """``init: checkpoint``: a trained checkpoint folder on the same backbone (e.g. a task's prompt from a
+    multi-task run) whose prompts start this one, each layer tiled or cut to this prompt's length."""
     reparameterize: bool = False
     """Prefix-tuning style MLP over a shared embedding; fold it away with ``fold()`` for inference."""
     reparam_hidden_size: int = 512
@@ -56,10 +59,14 @@ class DeepPromptConfig:
             raise ValueError(f"prompt.num_virtual_tokens must be >= 0, got {self.num_virtual_tokens}")
         if self.mode not in ("prefix", "hidden"):
             raise ValueError(f"prompt.mode must be 'prefix' or 'hidden', got {self.mode!r}")
-        if self.init not in ("random", "zero", "text"):
-            raise ValueError(f"prompt.init must be 'random', 'zero' or 'text', got {self.init!r}")
+        if self.init not in ("random", "zero", "text", "checkpoint"):
+            raise ValueError(
+                f"prompt.init must be 'random', 'zero', 'text' or 'checkpoint', got {self.init!r}"
+            )
         if self.init == "text" and not self.init_text:
             raise ValueError("prompt.init is 'text' but prompt.init_text is empty")
+        if self.init == "checkpoint" and not self.init_checkpoint:
+            raise ValueError("prompt.init is 'checkpoint' but prompt.init_checkpoint (a folder) is not set")
         if self.length_schedule not in ("constant", "adaptive"):
             raise ValueError(
                 f"prompt.length_schedule must be 'constant' or 'adaptive', got {self.length_schedule!r}"
@@ -88,16 +95,21 @@ class DeepPromptConfig:
 
     def layer_indices(self, num_layers: int) -> list[int]:
         """The prompted layers as sorted non-negative indices."""
+        from ptuning_v2.config import ConfigError  # a user's config error; that module imports this one
+
         if self.layers is None:
             return list(range(num_layers))
         out = []
         for layer in self.layers:
             idx = layer + num_layers if layer < 0 else layer
             if not 0 <= idx < num_layers:
-                raise ValueError(f"prompt.layers has {layer}, but the model has {num_layers} layers")
+                raise ConfigError(
+                    f"prompt.layers has {layer}, but the model has {num_layers} layers "
+                    f"(0 to {num_layers - 1}, or -1 to -{num_layers} from the end)"
+                )
             out.append(idx)
         if len(set(out)) != len(out):
-            raise ValueError(f"prompt.layers repeats a layer: {self.layers}")
+            raise ConfigError(f"prompt.layers repeats a layer: {self.layers}")
         return out
 
     def lengths(self, num_layers: int) -> dict[int, int]:
@@ -105,7 +117,9 @@ class DeepPromptConfig:
         layers = self.layer_indices(num_layers)
         if self.layer_lengths is not None:
             if self.layers is None and len(self.layer_lengths) != num_layers:
-                raise ValueError(
+                from ptuning_v2.config import ConfigError  # that module imports this one
+
+                raise ConfigError(
                     f"prompt.layer_lengths has {len(self.layer_lengths)} entries but the model has {num_layers} layers"
                 )
             lengths = list(self.layer_lengths)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ptuning_v2.prompts.config import DeepPromptConfig
+from ptuning_v2.prompts.transfer import fit_length
 
 
 class DeepPrompt(nn.Module):
@@ -84,12 +85,19 @@ class DeepPrompt(nn.Module):
     @torch.no_grad()
     def init_from(self, states: dict[str, torch.Tensor]) -> None:
         """Initialise each prompt from states a text produced (``[tokens, width]``), tiled to length."""
-        for name, (n, w) in self.shapes.items():
+        for name, (_, w) in self.shapes.items():
             state = states[name]
             if state.shape[-1] != w or state.shape[0] == 0:
                 raise ValueError(f"text state for {name} has shape {tuple(state.shape)}, expected [*, {w}]")
-            reps = -(-n // state.shape[0])
-            self.prompts[name].copy_(state.repeat(reps, 1)[:n].to(self.prompts[name].dtype))
+        self.load_prompts({name: fit_length(states[name], n) for name, (n, _) in self.shapes.items()})
+
+    @torch.no_grad()
+    def load_prompts(self, prompts: dict[str, torch.Tensor]) -> None:
+        """Set every prompt matrix (``[length, width]`` each, shapes as in ``self.shapes``)."""
+        if self.config.reparameterize:
+            raise ValueError("prompts produced by the reparameterisation MLP cannot be set directly")
+        for name, tensor in prompts.items():
+            self.prompts[name].copy_(tensor.to(self.prompts[name].dtype))
 
     def num_virtual_tokens(self) -> int:
         return sum(n for n, _ in self.shapes.values())

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
 
-from ptuning_v2.config import ConfigError, DataConfig, RunConfig
+from ptuning_v2.config import ConfigError, DataConfig, RunConfig, did_you_mean
+from ptuning_v2.data import DataError, DataReport
 from ptuning_v2.data.readers import SPLITS
 
 BackboneKind = Literal["encoder", "causal_lm", "seq2seq"]
@@ -25,6 +27,9 @@ class Task(ABC):
     higher_is_better: ClassVar[bool] = True
     data_family: ClassVar[str | None] = None
     """The ``task`` of the built-in data sets it reads, when not its own name (causal_lm reads seq2seq data)."""
+    mixed_batches: ClassVar[bool] = True
+    """One feature is one row of the backbone's batch, so features of several tasks can share one pass
+    (a server's mixed-task batches); False for a task whose feature spans several rows."""
     option_defaults: ClassVar[dict[str, Any] | None] = None
     """The ``task_options`` the task takes, with their defaults: ``__init__`` checks them into
     ``self.options``. ``None``: the task reads them itself, or not at all."""
@@ -32,13 +37,17 @@ class Task(ABC):
     def __init__(self, config: RunConfig, tokenizer: Any) -> None:
         self.config = config
         self.tokenizer = tokenizer
+        self.report = DataReport()
+        """What ``featurize`` and ``predict`` cut short; the recipe puts its own report here, so the
+        counts of reading and of tokenising end up in one place."""
         if self.option_defaults is not None:
             self.options = read_task_options(config, self.option_defaults)
 
     @classmethod
     @abstractmethod
-    def load_local(cls, data: DataConfig) -> DatasetDict:
-        """Read the user's own train/validation/test files in this task's format."""
+    def load_local(cls, data: DataConfig, report: DataReport | None = None) -> DatasetDict:
+        """Read the user's own train/validation/test files in this task's format; what reading changed
+        (e.g. labels stripped of spaces) is counted in ``report``."""
 
     @abstractmethod
     def prepare(self, splits: DatasetDict) -> None:
@@ -70,9 +79,46 @@ class Task(ABC):
     ) -> dict[str, float]:
         """Metrics of ``model`` over the features of ``dataset``."""
 
-    @abstractmethod
+    @torch.no_grad()
     def predict(self, model: nn.Module, texts: list[Any]) -> list[dict[str, Any]]:
-        """Predictions for raw inputs, as JSON-serialisable dicts."""
+        """Predictions for raw inputs, as JSON-serialisable dicts: the features of every input, run
+        ``train.eval_batch_size`` features at a time, then decoded per input. A server batches the
+        same two halves across tasks (one backbone pass for many tasks' requests)."""
+        if not texts:
+            return []
+        features = self.predict_features(texts)
+        return self.decode_predictions(texts, features, self.run_features(model, features))
+
+    @torch.no_grad()
+    def run_features(
+        self, model: nn.Module, features: list[list[dict[str, Any]]]
+    ) -> list[list[dict[str, torch.Tensor]]]:
+        """The model outputs of every feature, grouped as ``features``, ``train.eval_batch_size`` at a time."""
+        device = next(model.parameters()).device
+        flat = [feature for group in features for feature in group]
+        rows = [
+            row
+            for batch in batches(self, flat, self.config.train.eval_batch_size, device)
+            for row in output_rows(model(batch))
+        ]
+        return group_rows(rows, features)
+
+    def predict_features(self, texts: list[Any]) -> list[list[dict[str, Any]]]:
+        """The features of each raw input, ready for ``collate`` (several when an input is cut into
+        windows); malformed inputs raise ``DataError`` naming the input, cuts go to ``self.report``."""
+        raise NotImplementedError(f"task {self.name!r} does not predict from features")
+
+    def decode_predictions(
+        self, texts: list[Any], features: list[list[dict[str, Any]]], outputs: list[list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """One prediction per input from the model outputs of its features (``outputs[i][j]``: the
+        outputs of ``features[i][j]``, each tensor without its batch dimension)."""
+        raise NotImplementedError(f"task {self.name!r} does not predict from features")
+
+    def parse_input(self, line: str) -> Any:
+        """One line of ``ptv2 predict`` input as ``predict`` takes it: a tab separates two parts
+        (question and context, a sentence pair)."""
+        return tuple(line.split("\t", 1)) if "\t" in line else line
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint must store to rebuild this task (e.g. label names); by default nothing,
@@ -93,13 +139,19 @@ def read_task_options(config: RunConfig, defaults: dict[str, Any]) -> dict[str, 
     if unknown:
         raise ConfigError(
             f"task_options: unknown option(s) {unknown} for task {config.task!r}; known: {sorted(defaults)}"
+            + did_you_mean(unknown[0], defaults)
         )
     return {**defaults, **config.task_options}
 
 
 def local_files(data: DataConfig) -> dict[str, str]:
-    """The user's file of each split that has one, in split order."""
-    return {split: getattr(data, split) for split in SPLITS if getattr(data, split)}
+    """The user's file of each split that has one, in split order; each must exist."""
+    files = {split: getattr(data, split) for split in SPLITS if getattr(data, split)}
+    for split, path in files.items():
+        if not Path(path).is_file():
+            what = "is a folder, not a file" if Path(path).is_dir() else "no such file"
+            raise DataError(f"{what} (data.{split})", path)
+    return files
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -109,7 +161,9 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 def get_task(name: str) -> type[Task]:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
+        raise ConfigError(
+            f"task: unknown task {name!r}; known tasks: {sorted(TASKS)}{did_you_mean(name, TASKS)}"
+        )
     return TASKS[name]
 
 
@@ -130,15 +184,45 @@ def pooled(outputs: Any, attention_mask: torch.Tensor, pooling: str) -> torch.Te
     raise ValueError(f"head.pooling must be cls, mean or pooler, got {pooling!r}")
 
 
+def batches(
+    task: Task, features: list[dict[str, Any]], size: int, device: torch.device | str
+) -> Iterator[dict[str, Any]]:
+    """``features`` collated ``size`` at a time, in order, on ``device`` (evaluation and prediction)."""
+    for start in range(0, len(features), size):
+        batch = task.collate(features[start : start + size])
+        yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def output_rows(outputs: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    """A batch's model outputs split into one dict per example (scalars such as the loss left out)."""
+    per_example = {k: v for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
+    count = len(outputs["logits"])
+    return [{k: v[i] for k, v in per_example.items()} for i in range(count)]
+
+
+def group_rows(rows: list[Any], features: list[list[Any]]) -> list[list[Any]]:
+    """Flat per-feature ``rows`` regrouped by input, as ``features`` is."""
+    grouped, done = [], 0
+    for group in features:
+        grouped.append(rows[done : done + len(group)])
+        done += len(group)
+    return grouped
+
+
+def unpadded(row: torch.Tensor, length: int, padding_side: str) -> torch.Tensor:
+    """The positions of a padded token-level output ``row`` that belong to a feature of ``length`` tokens."""
+    return row[-length:] if padding_side == "left" else row[:length]
+
+
 def encoder_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """The keys of a batch (or of one feature) that the backbone itself takes."""
     return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
 
 
-def token_states(encoder: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def token_states(outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The encoder's last hidden states, one per input token; checked, because prompt positions that
     reached a token-level head would shift every label."""
-    hidden = encoder(**encoder_inputs(batch)).last_hidden_state
+    hidden = outputs.last_hidden_state
     if hidden.shape[1] != batch["input_ids"].shape[1]:
         raise RuntimeError(
             f"the encoder returned {hidden.shape[1]} positions for {batch['input_ids'].shape[1]} tokens; "

@@ -12,7 +12,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
 
 from ptuning_v2.config import DataConfig
-from ptuning_v2.data import DataError, load_local_splits
+from ptuning_v2.data import DataError, DataReport, load_local_splits, truncated_rows
 from ptuning_v2.tasks.base import Task, encoder_inputs, local_files, pooled, register_task
 
 
@@ -28,7 +28,10 @@ class ClassificationModel(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, num_labels))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        outputs = self.encoder(**encoder_inputs(batch))
+        return self.from_outputs(self.encoder(**encoder_inputs(batch)), batch)
+
+    def from_outputs(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The head over encoder outputs computed elsewhere (a mixed-task batch's shared pass)."""
         logits = self.head(pooled(outputs, batch["attention_mask"], self.pooling))
         result = {"logits": logits}
         if "labels" in batch:
@@ -66,11 +69,15 @@ class ClassificationTask(Task):
     def __init__(self, config: Any, tokenizer: Any) -> None:
         super().__init__(config, tokenizer)
         self.labels: list[str] = []
+        self.pairs: bool | None = None
+        """Trained on sentence pairs; None for checkpoints from before this was stored."""
 
     @classmethod
-    def load_local(cls, data: DataConfig) -> DatasetDict:
+    def load_local(cls, data: DataConfig, report: DataReport | None = None) -> DatasetDict:
         required = ["text", "label"] + (["text_pair"] if "text_pair" in data.columns else [])
-        return load_local_splits(local_files(data), data.format, data.columns or None, required)
+        return load_local_splits(
+            local_files(data), data.format, data.columns or None, required, report=report
+        )
 
     def prepare(self, splits: DatasetDict) -> None:
         if "train" not in splits:
@@ -82,18 +89,38 @@ class ClassificationTask(Task):
                     f"the {split_name} split has no column(s) {missing} (it has {split.column_names})"
                 )
         self.labels = sorted({str(label) for label in splits["train"]["label"]})
+        self.pairs = "text_pair" in splits["train"].column_names
+        limit = self.config.data.max_train_examples
+        cut = f" after data.max_train_examples={limit} kept {len(splits['train'])}" if limit else ""
         if len(self.labels) < 2:
             raise DataError(
-                f"the training data has {len(self.labels)} label(s); classification needs at least 2"
+                f"the training data has {len(self.labels)} label(s){cut}; classification needs at least 2"
             )
+        for split_name, split in splits.items():
+            unseen = sorted({str(label) for label in split["label"]} - set(self.labels))
+            if unseen:
+                raise DataError(
+                    f"the {split_name} split has label(s) {unseen} that the training data{cut} does not have; "
+                    "a classifier has no output for them"
+                    + ("; raise data.max_train_examples" if cut else ""),
+                    field="label",
+                )
 
     def featurize(self, dataset: Dataset, split: str) -> list[dict[str, Any]]:
         label_ids = {label: i for i, label in enumerate(self.labels)}
         pairs = list(dataset["text_pair"]) if "text_pair" in dataset.column_names else None
-        encoded = self.tokenizer(
-            list(dataset["text"]), pairs, truncation=True, max_length=self.config.train.max_length
+        max_length = self.config.train.max_length
+        encoded = self.tokenizer(list(dataset["text"]), pairs, truncation=True, max_length=max_length)
+        self.report.change(
+            split, f"truncated to train.max_length={max_length} tokens", truncated_rows(encoded, max_length)
         )
         labels = list(dataset["label"]) if "label" in dataset.column_names else None
+        unknown = sorted({str(label) for label in labels or []} - set(label_ids))
+        if unknown:
+            raise DataError(
+                f"the {split} split has label(s) {unknown}; the model was trained on {self.labels}",
+                field="label",
+            )
         features = []
         for i in range(len(dataset)):
             feature = {key: encoded[key][i] for key in encoded}
@@ -133,37 +160,56 @@ class ClassificationTask(Task):
             gold.append(batch["labels"].cpu())
         return classification_metrics(torch.cat(gold).numpy(), torch.cat(pred).numpy(), self.labels)
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, texts: list[Any]) -> list[dict[str, Any]]:
-        device = next(model.parameters()).device
+    def predict_features(self, texts: list[Any]) -> list[list[dict[str, Any]]]:
+        """One feature per text (or sentence pair), cut to ``train.max_length`` tokens."""
+        pairs = [isinstance(t, list | tuple) for t in texts]
+        for i, (text, pair) in enumerate(zip(texts, pairs, strict=True)):
+            if not (
+                isinstance(text, str) or pair and len(text) == 2 and all(isinstance(x, str) for x in text)
+            ):
+                raise DataError("a classification input is a text or a pair of texts", record=str(i))
+            if pair != pairs[0]:
+                raise DataError("inputs mix single texts and sentence pairs; send them apart", record=str(i))
+        if not texts:
+            return []
+        firsts = [t[0] if pair else t for t, pair in zip(texts, pairs, strict=True)]
+        seconds = [t[1] for t in texts] if pairs[0] else None
+        max_length = self.config.train.max_length
+        encoded = self.tokenizer(firsts, seconds, truncation=True, max_length=max_length)
+        self.report.change(
+            "predict",
+            f"truncated to train.max_length={max_length} tokens",
+            truncated_rows(encoded, max_length),
+        )
+        return [[{key: encoded[key][i] for key in encoded}] for i in range(len(texts))]
+
+    def decode_predictions(
+        self, texts: list[Any], features: list[list[dict[str, Any]]], outputs: list[list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """The best label, its probability and every label's probability."""
+        if not texts:
+            return []
+        probs = torch.stack([rows[0]["logits"] for rows in outputs]).float().softmax(-1).cpu()
         out = []
-        for start in range(0, len(texts), self.config.train.eval_batch_size):
-            chunk = texts[start : start + self.config.train.eval_batch_size]
-            firsts = [t[0] if isinstance(t, list | tuple) else t for t in chunk]
-            seconds = [t[1] for t in chunk] if isinstance(chunk[0], list | tuple) else None
-            enc = self.tokenizer(
-                firsts,
-                seconds,
-                truncation=True,
-                max_length=self.config.train.max_length,
-                padding=True,
-                return_tensors="pt",
-            ).to(device)
-            probs = model(dict(enc))["logits"].float().softmax(-1).cpu()
-            for text, p in zip(chunk, probs, strict=True):
-                best = int(p.argmax())
-                out.append(
-                    {
-                        "text": text,
-                        "label": self.labels[best],
-                        "score": float(p[best]),
-                        "probabilities": {label: float(v) for label, v in zip(self.labels, p, strict=True)},
-                    }
-                )
+        for text, p in zip(texts, probs, strict=True):
+            best = int(p.argmax())
+            out.append(
+                {
+                    "text": text,
+                    "label": self.labels[best],
+                    "score": float(p[best]),
+                    "probabilities": {label: float(v) for label, v in zip(self.labels, p, strict=True)},
+                }
+            )
         return out
 
+    def parse_input(self, line: str) -> Any:
+        """A tab separates a sentence pair only for a model trained on pairs; otherwise it is text."""
+        return super().parse_input(line) if self.pairs is not False else line
+
     def state(self) -> dict[str, Any]:
-        return {"labels": self.labels}
+        return {"labels": self.labels, "pairs": self.pairs}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.labels = list(state["labels"])
+        self.pairs = state.get("pairs")

@@ -28,6 +28,7 @@ import json
 import math
 import string
 from abc import abstractmethod
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -37,10 +38,10 @@ from datasets import Dataset, DatasetDict
 from torch import nn
 
 from ptuning_v2.config import ConfigError, DataConfig, RunConfig
-from ptuning_v2.data import DataError, load_local_splits
+from ptuning_v2.data import DataError, DataReport, load_local_splits, truncated_rows
 from ptuning_v2.evaluation.generation import text_metrics
 from ptuning_v2.prompts.model import mask_positions
-from ptuning_v2.tasks.base import Task, local_files, register_task
+from ptuning_v2.tasks.base import Task, batches, group_rows, local_files, register_task
 
 IGNORE = -100
 DECODING_OPTIONS = frozenset(
@@ -198,15 +199,21 @@ class GenerationTask(Task):
         super().__init__(config, tokenizer)
         self.options = GenerationOptions.from_task_options(config.task_options)
         self.source_template = self.options.source_template or self.default_source_template
+        self._cut: Counter[str] = Counter()  # what ``encode`` truncated since the last ``featurize``
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ConfigError(
                 f"model {config.model!r}: its tokenizer needs an end-of-text token for generation"
             )
 
     @classmethod
-    def load_local(cls, data: DataConfig) -> DatasetDict:
+    def load_local(cls, data: DataConfig, report: DataReport | None = None) -> DatasetDict:
         return load_local_splits(
-            local_files(data), data.format, data.columns or None, ["source", "target"], check_labels=False
+            local_files(data),
+            data.format,
+            data.columns or None,
+            ["source", "target"],
+            check_labels=False,
+            report=report,
         )
 
     def prepare(self, splits: DatasetDict) -> None:
@@ -232,7 +239,24 @@ class GenerationTask(Task):
         ]
         if len(offsets) > self.options.max_source_length:
             source = source[: offsets[self.options.max_source_length - 1][1]]
+            self._cut[
+                f"sources truncated to task_options.max_source_length={self.options.max_source_length}"
+            ] += 1
         return {**row, "source": source}
+
+    def cut_target(self, ids: list[int]) -> list[int]:
+        """Target token ids cut to ``max_target_length``, counted when cut."""
+        if len(ids) > self.options.max_target_length:
+            self._cut[self.target_cut_reason()] += 1
+        return ids[: self.options.max_target_length]
+
+    def target_cut_reason(self) -> str:
+        return f"targets truncated to task_options.max_target_length={self.options.max_target_length}"
+
+    def _flush_cuts(self, split: str) -> None:
+        for reason, count in self._cut.items():
+            self.report.change(split, reason, count)
+        self._cut.clear()
 
     def format(self, template: str, row: dict[str, Any], where: str) -> str:
         try:
@@ -243,7 +267,9 @@ class GenerationTask(Task):
             ) from None
 
     def featurize(self, dataset: Dataset, split: str) -> list[dict[str, Any]]:
-        return [self.encode(row) for row in dataset]
+        features = [self.encode(row) for row in dataset]
+        self._flush_cuts(split)
+        return features
 
     @abstractmethod
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -259,10 +285,14 @@ class GenerationTask(Task):
             **self.options.generation,
         }
 
-    def generate_texts(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
+    def generate_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[list[int]]:
+        """New token ids per example; sampling is seeded with ``train.seed`` batch by batch."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.train.seed)
-            ids = model.generate(batch, **self.decoding())
+            return model.generate(batch, **self.decoding())
+
+    def generate_texts(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
+        ids = self.generate_ids(model, batch)
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     @torch.no_grad()
@@ -298,17 +328,42 @@ class GenerationTask(Task):
     @torch.no_grad()
     def predict(self, model: nn.Module, texts: list[Any]) -> list[dict[str, Any]]:
         """Inputs: a source text, or a JSON object (or dict) with the columns the template uses."""
+        if not texts:
+            return []
+        features = self.predict_features(texts)
+        return self.decode_predictions(texts, features, self.run_features(model, features))
+
+    @torch.no_grad()
+    def run_features(
+        self, model: nn.Module, features: list[list[dict[str, Any]]]
+    ) -> list[list[dict[str, Any]]]:
+        """``{"token_ids": [...]}`` generated for every feature, ``train.eval_batch_size`` at a time."""
         device = next(model.parameters()).device
-        rows = [self.input_row(text) for text in texts]
-        out = []
-        size = self.config.train.eval_batch_size
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            batch = self.collate([self.encode(row) for row in chunk])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            for row, text in zip(chunk, self.generate_texts(model, batch), strict=True):
-                out.append({"input": row, "generated": text})
-        return out
+        flat = [feature for group in features for feature in group]
+        rows = [
+            {"token_ids": ids}
+            for batch in batches(self, flat, self.config.train.eval_batch_size, device)
+            for ids in self.generate_ids(model, batch)
+        ]
+        return group_rows(rows, features)
+
+    def predict_features(self, texts: list[Any]) -> list[list[dict[str, Any]]]:
+        """One feature per input: its prompt (or source) token ids."""
+        features = [[self.encode(self.input_row(text))] for text in texts]
+        self._flush_cuts("predict")
+        return features
+
+    def decode_predictions(
+        self, texts: list[Any], features: list[list[dict[str, Any]]], outputs: list[list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """The generated text of each input; ``outputs[i][0]["token_ids"]`` are its new token ids."""
+        return [
+            {
+                "input": self.input_row(text),
+                "generated": self.tokenizer.decode(rows[0]["token_ids"], skip_special_tokens=True).strip(),
+            }
+            for text, rows in zip(texts, outputs, strict=True)
+        ]
 
     @staticmethod
     def input_row(text: Any) -> dict[str, Any]:
@@ -359,7 +414,7 @@ class CausalLMTask(GenerationTask):
         if "target" in row and row["target"] is not None:
             target = self.format(self.options.target_template, row, "task_options.target_template")
             ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
-            feature["target_ids"] = ids[: self.options.max_target_length] + [self.tokenizer.eos_token_id]
+            feature["target_ids"] = self.cut_target(ids) + [self.tokenizer.eos_token_id]
         return feature
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -398,9 +453,11 @@ class Seq2SeqTask(GenerationTask):
         feature: dict[str, Any] = {"input_ids": self.tokenizer(source)["input_ids"]}
         if "target" in row and row["target"] is not None:
             target = self.format(self.options.target_template, row, "task_options.target_template")
-            feature["labels"] = self.tokenizer(
-                text_target=target, truncation=True, max_length=self.options.max_target_length
-            )["input_ids"]
+            limit = self.options.max_target_length
+            encoded = self.tokenizer(text_target=target, truncation=True, max_length=limit)
+            if truncated_rows(encoded, limit):
+                self._cut[self.target_cut_reason()] += 1
+            feature["labels"] = encoded["input_ids"]
         return feature
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

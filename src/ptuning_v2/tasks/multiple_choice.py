@@ -16,7 +16,7 @@ from datasets import Dataset, DatasetDict, Features, List, Value
 from torch import nn
 
 from ptuning_v2.config import ConfigError, DataConfig
-from ptuning_v2.data import DataError
+from ptuning_v2.data import DataError, DataReport, truncated_flags
 from ptuning_v2.data.readers import read_jsonl_objects
 from ptuning_v2.tasks.base import Task, encoder_inputs, local_files, pooled, register_task
 
@@ -85,7 +85,10 @@ class MultipleChoiceModel(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, 1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        outputs = self.encoder(**encoder_inputs(batch))
+        return self.from_outputs(self.encoder(**encoder_inputs(batch)), batch)
+
+    def from_outputs(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The head over encoder outputs computed elsewhere (one row per (example, choice) pair)."""
         mask = batch["choice_mask"]
         scores = self.head(pooled(outputs, batch["attention_mask"], self.pooling)).float()
         logits = scores.view(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
@@ -101,10 +104,11 @@ class MultipleChoiceTask(Task):
 
     name = "multiple_choice"
     main_metric = "accuracy"
+    mixed_batches = False  # a feature is every choice of one item, several rows
     option_defaults = {}
 
     @classmethod
-    def load_local(cls, data: DataConfig) -> DatasetDict:
+    def load_local(cls, data: DataConfig, report: DataReport | None = None) -> DatasetDict:
         if data.format not in (None, "jsonl"):
             raise ConfigError(f"data.format: task multiple_choice reads 'jsonl', got {data.format!r}")
         return DatasetDict(
@@ -122,7 +126,7 @@ class MultipleChoiceTask(Task):
                         f"the {split_name} split needs a label on every row", record=row_id, field="label"
                     )
 
-    def _encode(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _encode(self, rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
         firsts, seconds, owners = [], [], []
         for i, row in enumerate(rows):
             first = f"{row.get('context', '')} {row['question']}".strip()
@@ -130,7 +134,12 @@ class MultipleChoiceTask(Task):
                 firsts.append(first)
                 seconds.append(choice)
                 owners.append(i)
-        encoded = self.tokenizer(firsts, seconds, truncation=True, max_length=self.config.train.max_length)
+        max_length = self.config.train.max_length
+        encoded = self.tokenizer(firsts, seconds, truncation=True, max_length=max_length)
+        cut = {
+            owner for owner, flag in zip(owners, truncated_flags(encoded, max_length), strict=True) if flag
+        }
+        self.report.change(split, f"truncated to train.max_length={max_length} tokens", len(cut))
         features: list[dict[str, Any]] = [{"choices": []} for _ in rows]
         for j, owner in enumerate(owners):
             features[owner]["choices"].append({k: encoded[k][j] for k in encoded})
@@ -140,7 +149,7 @@ class MultipleChoiceTask(Task):
         return features
 
     def featurize(self, dataset: Dataset, split: str) -> list[dict[str, Any]]:
-        return self._encode(list(dataset))
+        return self._encode(list(dataset), split)
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(f["choices"]) for f in features)
@@ -174,28 +183,29 @@ class MultipleChoiceTask(Task):
             total += len(pred)
         return {"accuracy": correct / total if total else 0.0, "examples": total}
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, texts: list[Any]) -> list[dict[str, Any]]:
-        """Inputs are ``{"question", "choices", "context"?}`` objects or their JSON text."""
+    def predict_features(self, texts: list[Any]) -> list[list[dict[str, Any]]]:
+        """One feature per item (all its choices); items are ``{"question", "choices", "context"?}``
+        objects or their JSON text."""
         rows = [parse_item(item, i) for i, item in enumerate(texts)]
-        device = next(model.parameters()).device
-        size = self.config.train.eval_batch_size
+        return [[feature] for feature in self._encode(rows, "predict")] if rows else []
+
+    def decode_predictions(
+        self, texts: list[Any], features: list[list[dict[str, Any]]], outputs: list[list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """The best choice, its index and every choice's probability."""
         out = []
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            batch = {k: v.to(device) for k, v in self.collate(self._encode(chunk)).items()}
-            probs = model(batch)["logits"].softmax(-1).cpu()
-            for row, p in zip(chunk, probs, strict=True):
-                p = p[: len(row["choices"])]
-                best = int(p.argmax())
-                out.append(
-                    {
-                        "question": row["question"],
-                        "choice": row["choices"][best],
-                        "label": best,
-                        "probabilities": [float(v) for v in p],
-                    }
-                )
+        for i, (item, (row,)) in enumerate(zip(texts, outputs, strict=True)):
+            parsed = parse_item(item, i)
+            p = row["logits"].softmax(-1).cpu()[: len(parsed["choices"])]
+            best = int(p.argmax())
+            out.append(
+                {
+                    "question": parsed["question"],
+                    "choice": parsed["choices"][best],
+                    "label": best,
+                    "probabilities": [float(v) for v in p],
+                }
+            )
         return out
 
 

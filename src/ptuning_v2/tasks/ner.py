@@ -18,10 +18,24 @@ from datasets import Dataset, DatasetDict
 from torch import nn
 
 from ptuning_v2.config import ConfigError, DataConfig, RunConfig
-from ptuning_v2.data import NER_FEATURES, DataError, detect_tag_scheme, read_conll, read_jsonl_tagged
+from ptuning_v2.data import (
+    NER_FEATURES,
+    DataError,
+    DataReport,
+    detect_tag_scheme,
+    read_conll,
+    read_jsonl_tagged,
+)
 from ptuning_v2.data.readers import TagScheme
 from ptuning_v2.evaluation.ner import entity_spans, ner_metrics
-from ptuning_v2.tasks.base import Task, local_files, register_task, token_states
+from ptuning_v2.tasks.base import (
+    Task,
+    encoder_inputs,
+    local_files,
+    register_task,
+    token_states,
+    unpadded,
+)
 
 IGNORE = -100
 # Words for raw-text prediction: runs of word characters (joined by - ' . inside, as in "U.S" or
@@ -43,7 +57,11 @@ class TokenClassificationModel(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, num_labels))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.head(token_states(self.encoder, batch))
+        return self.from_outputs(self.encoder(**encoder_inputs(batch)), batch)
+
+    def from_outputs(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The head over encoder outputs computed elsewhere (a mixed-task batch's shared pass)."""
+        logits = self.head(token_states(outputs, batch))
         result = {"logits": logits}
         if "labels" in batch:
             result["loss"] = nn.functional.cross_entropy(
@@ -66,7 +84,7 @@ class NerTask(Task):
         self.scheme: TagScheme = "IOB2"
 
     @classmethod
-    def load_local(cls, data: DataConfig) -> DatasetDict:
+    def load_local(cls, data: DataConfig, report: DataReport | None = None) -> DatasetDict:
         """CoNLL files (``data.format: conll``) or JSONL with ``tokens`` and ``tags`` (``jsonl``).
 
         Without ``data.format`` the extension decides: ``.jsonl`` / ``.ndjson`` are JSONL, anything
@@ -113,6 +131,12 @@ class NerTask(Task):
         label_ids = {label: i for i, label in enumerate(self.labels)}
         encoded = self._encode(list(dataset["tokens"]))
         all_tags = list(dataset["ner_tags"])
+        unknown = sorted({tag for tags in all_tags for tag in tags} - set(label_ids))
+        if unknown:
+            raise DataError(
+                f"the {split} split has tag(s) {unknown}; the model was trained on {self.labels}",
+                field="ner_tags",
+            )
         features = []
         for i, tags in enumerate(all_tags):
             word_ids = encoded.word_ids(i)
@@ -126,6 +150,11 @@ class NerTask(Task):
             feature["word_positions"] = positions
             feature["sentence"] = i
             features.append(feature)
+        self.report.change(
+            split,
+            f"truncated to train.max_length={self.config.train.max_length} tokens (cut words count as O)",
+            sum(min(f["word_positions"], default=0) < 0 for f in features),
+        )
         features.sort(key=lambda f: len(f["input_ids"]))
         return features
 
@@ -179,32 +208,44 @@ class NerTask(Task):
         metrics["truncated_words"] = sum(p < 0 for f in features for p in f["word_positions"])
         return metrics
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, texts: list[Any]) -> list[dict[str, Any]]:
-        """Entities of raw texts: type, text and character offsets ``[start, end)`` in the input."""
-        device = next(model.parameters()).device
-        size = self.config.train.eval_batch_size
-        out = []
-        for start in range(0, len(texts), size):
-            chunk = [str(t) for t in texts[start : start + size]]
-            spans = [split_words(text) for text in chunk]
-            encoded = self._encode([[w for w, _, _ in words] or [""] for words in spans])
-            features = [
+    def predict_features(self, texts: list[Any]) -> list[list[dict[str, Any]]]:
+        """One feature per text: its words (``split_words``) tokenised, with each word's first subword."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise DataError("an NER input is a text", record=str(i))
+        if not texts:
+            return []
+        spans = [split_words(text) for text in texts]
+        encoded = self._encode([[w for w, _, _ in words] or [""] for words in spans])
+        return [
+            [
                 {
                     **{k: encoded[k][i] for k in encoded},
                     "word_positions": first_subword_positions(encoded.word_ids(i), len(words)),
                 }
-                for i, words in enumerate(spans)
             ]
-            batch = {k: v.to(device) for k, v in self.collate(features).items()}
-            tags = self._word_tags(model(batch)["logits"], features)
-            for text, words, word_tags in zip(chunk, spans, tags, strict=True):
-                entities = []
-                for kind, first, last in entity_spans(word_tags, self.scheme):
-                    begin, end = words[first][1], words[last - 1][2]
-                    entities.append({"type": kind, "text": text[begin:end], "start": begin, "end": end})
-                out.append({"text": text, "entities": entities})
+            for i, words in enumerate(spans)
+        ]
+
+    def decode_predictions(
+        self, texts: list[Any], features: list[list[dict[str, Any]]], outputs: list[list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Entities of raw texts: type, text and character offsets ``[start, end)`` in the input."""
+        out = []
+        for text, (feature,), (rows,) in zip(texts, features, outputs, strict=True):
+            logits = unpadded(rows["logits"], len(feature["input_ids"]), self.tokenizer.padding_side)
+            (word_tags,) = self._word_tags(logits.unsqueeze(0), [feature])
+            words = split_words(text)
+            entities = []
+            for kind, first, last in entity_spans(word_tags, self.scheme):
+                begin, end = words[first][1], words[last - 1][2]
+                entities.append({"type": kind, "text": text[begin:end], "start": begin, "end": end})
+            out.append({"text": text, "entities": entities})
         return out
+
+    def parse_input(self, line: str) -> Any:
+        """A line is one text: a tab is only a space between words."""
+        return line
 
     def state(self) -> dict[str, Any]:
         return {"labels": self.labels, "scheme": self.scheme}

@@ -20,9 +20,16 @@ from datasets import Dataset, DatasetDict
 from torch import nn
 
 from ptuning_v2.config import ConfigError, DataConfig, RunConfig
-from ptuning_v2.data import DataError, load_local_squad
+from ptuning_v2.data import DataError, DataReport, load_local_squad
 from ptuning_v2.evaluation.squad import squad_metrics
-from ptuning_v2.tasks.base import Task, local_files, register_task, token_states
+from ptuning_v2.tasks.base import (
+    Task,
+    encoder_inputs,
+    local_files,
+    register_task,
+    token_states,
+    unpadded,
+)
 
 OPTIONS: dict[str, Any] = {
     "doc_stride": 128,
@@ -96,7 +103,11 @@ class QuestionAnsweringModel(nn.Module):
         self.head = nn.Linear(hidden_size, 2)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        hidden = token_states(self.encoder, batch)
+        return self.from_outputs(self.encoder(**encoder_inputs(batch)), batch)
+
+    def from_outputs(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The head over encoder outputs computed elsewhere (a mixed-task batch's shared pass)."""
+        hidden = token_states(outputs, batch)
         logits = self.head(hidden).float()
         padding = batch["attention_mask"].unsqueeze(-1) == 0
         logits = logits.masked_fill(padding, torch.finfo(logits.dtype).min)
@@ -130,8 +141,9 @@ class QuestionAnsweringTask(Task):
             )
 
     @classmethod
-    def load_local(cls, data: DataConfig) -> DatasetDict:
-        """SQuAD-format JSON files (v1.1, or v2.0 with ``is_impossible``)."""
+    def load_local(cls, data: DataConfig, report: DataReport | None = None) -> DatasetDict:
+        """SQuAD-format JSON files (v1.1, or v2.0 with ``is_impossible``); nothing is cut (long contexts
+        become several windows)."""
         if data.format not in (None, "json", "squad"):
             raise ConfigError(f"data.format: task qa reads SQuAD JSON, got {data.format!r}")
         return load_local_squad(local_files(data))
@@ -261,27 +273,41 @@ class QuestionAnsweringTask(Task):
         metrics["windows"] = len(features)
         return metrics
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, texts: list[Any]) -> list[dict[str, Any]]:
-        """Answers for ``(question, context)`` pairs (or ``{"question", "context"}`` dicts).
+    def predict_features(self, texts: list[Any]) -> list[list[dict[str, Any]]]:
+        """The windows of each ``(question, context)`` pair (or ``{"question", "context"}`` dict)."""
+        pairs = [question_context(item, i) for i, item in enumerate(texts)]
+        windows = self._windows(
+            [q.lstrip() for q, _ in pairs], [c for _, c in pairs], [str(i) for i in range(len(pairs))]
+        )
+        grouped: list[list[dict[str, Any]]] = [[] for _ in pairs]
+        for window in windows:
+            grouped[window["example_index"]].append(window)
+        return grouped
+
+    def decode_predictions(
+        self, texts: list[Any], features: list[list[dict[str, Any]]], outputs: list[list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """The answer of each pair: the best span over its windows.
 
         ``answer`` is ``""`` when the model predicts no answer (SQuAD v2); ``start`` / ``end`` are
         character offsets in the context; ``n_best`` lists the best spans with their softmax share.
         """
-        pairs = [question_context(item, i) for i, item in enumerate(texts)]
-        features = self._windows(
-            [q.lstrip() for q, _ in pairs], [c for _, c in pairs], [str(i) for i in range(len(pairs))]
-        )
-        device = next(model.parameters()).device
-        size = self.config.train.eval_batch_size
-        batches = (
-            {k: v.to(device) for k, v in self.collate(features[i : i + size]).items()}
-            for i in range(0, len(features), size)
-        )
+        o = self.options
         out = []
-        for (question, context), (best, spans, null) in zip(
-            pairs, self._decode(model, batches, features, len(pairs)), strict=True
-        ):
+        for i, (windows, rows) in enumerate(zip(features, outputs, strict=True)):
+            question, context = question_context(texts[i], i)
+            scored = []
+            for feature, row in zip(windows, rows, strict=True):
+                logits = unpadded(row["logits"], len(feature["input_ids"]), self.tokenizer.padding_side)
+                logits = logits.cpu().numpy()
+                scored.append((logits[:, 0], logits[:, 1], feature["offsets"], feature["cls_index"]))
+            best, spans, null = decode_answer(
+                scored,
+                o["n_best"],
+                o["max_answer_length"],
+                o["version_2_with_negative"],
+                o["null_score_diff_threshold"],
+            )
             scores = np.array([c.score for c in spans], dtype=np.float64)
             shares = (
                 np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum() if len(spans) else scores

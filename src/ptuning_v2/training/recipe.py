@@ -5,7 +5,10 @@ Read it top to bottom: it is the whole training job, and the CLI only parses arg
 
 from __future__ import annotations
 
+import copy
 import random
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +18,33 @@ from datasets import DatasetDict
 from torch import nn
 
 import ptuning_v2.tasks  # noqa: F401  (registers the task families)
-from ptuning_v2.config import RunConfig, apply_overrides
-from ptuning_v2.data import DataError, get_builtin, load_builtin
+from ptuning_v2.config import RunConfig, apply_overrides, check_eval_overrides
+from ptuning_v2.data import DataError, DataReport, get_builtin, load_builtin
 from ptuning_v2.evaluation.runner import evaluate_split
 from ptuning_v2.methods import get_method
 from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
+from ptuning_v2.prompts.deep_prompt import DeepPrompt
 from ptuning_v2.tasks.base import Task, get_task
 from ptuning_v2.training.checkpoint import (
+    CheckpointError,
     check_fingerprint,
     checkpoint_bytes,
     load_trained_tensors,
     read_checkpoint_meta,
     save_checkpoint,
 )
-from ptuning_v2.training.trainer import Trainer
+from ptuning_v2.training.trainer import Trainer, newest_state, prepare_output_dir
 from ptuning_v2.utils.io import write_json_atomic
 
 
-def load_splits(run: RunConfig, task_cls: type[Task]) -> DatasetDict:
-    """The built-in data set ``data.name`` or the local files, trimmed to the configured sizes."""
+def load_splits(
+    run: RunConfig, task_cls: type[Task], report: DataReport | None = None, need_train: bool = True
+) -> DatasetDict:
+    """The built-in data set ``data.name`` or the local files, trimmed to the configured sizes.
+
+    ``report`` counts the records read and those the size limits leave out; ``need_train=False``
+    (evaluating a checkpoint, which stores what it learnt from train) reads local dev/test files alone.
+    """
     data = run.data
     if data.name and (data.train or data.validation or data.test):
         raise DataError(
@@ -46,10 +57,15 @@ def load_splits(run: RunConfig, task_cls: type[Task]) -> DatasetDict:
                 f"built-in data set {data.name!r} is for task {builtin.task!r}, not {task_cls.name!r}"
             )
         splits = load_builtin(data.name)
-    elif data.train:
-        splits = task_cls.load_local(data)
+    elif data.train or not need_train and (data.validation or data.test):
+        splits = task_cls.load_local(data, report)
     else:
         raise DataError("no data: set data.name to a built-in data set or data.train to a file")
+    if not need_train:
+        splits.pop("train", None)
+    for split, dataset in splits.items():
+        if report is not None:
+            report.read(split, len(dataset))
     limits = {
         "train": data.max_train_examples,
         "validation": data.max_eval_examples,
@@ -58,6 +74,9 @@ def load_splits(run: RunConfig, task_cls: type[Task]) -> DatasetDict:
     for split, limit in limits.items():
         if split in splits and limit is not None and limit < len(splits[split]):
             indices = sorted(random.Random(run.train.seed).sample(range(len(splits[split])), limit))
+            if report is not None:
+                option = "max_train_examples" if split == "train" else "max_eval_examples"
+                report.skip(split, f"data.{option}={limit}", len(splits[split]) - limit)
             splits[split] = splits[split].select(indices)
     return splits
 
@@ -69,6 +88,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def build_model(run: RunConfig, task: Task, backbone: nn.Module, tokenizer: Any) -> nn.Module:
+    if run.train.gradient_checkpointing:
+        backbone.activation_checkpointing_enable()
     encoder = get_method(run.method).build(backbone, run, tokenizer)
     return task.build_model(encoder)
 
@@ -79,24 +100,36 @@ def train_run(
     resume: bool = False,
     show_progress: bool = True,
     pause_at_step: int | None = None,
+    on_evaluate: Callable[[int, float], None] | None = None,
+    evaluate_test: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Train, pick the best dev checkpoint, evaluate it on dev and test, write ``metrics.json``.
 
     ``pause_at_step`` stops early with a resumable state (``resume=True`` continues it exactly).
+    A folder that holds a previous run is refused unless ``resume`` or ``overwrite`` (which removes it).
+    ``on_evaluate(step, dev_metric)`` sees every dev evaluation (a search prunes weak trials from it);
+    ``evaluate_test=False`` leaves the test split untouched (search trials select on dev only).
     """
     output_dir = Path(output_dir)
+    prepare_output_dir(output_dir, run, resume, overwrite)
     set_seed(run.train.seed)
     task_cls = get_task(run.task)
-    splits = load_splits(run, task_cls)
+    report = DataReport()
+    splits = load_splits(run, task_cls, report)
     tokenizer = load_tokenizer(run.model)
-    backbone = load_backbone(run.model, task_cls.backbone_kind)
+    backbone = load_backbone(run.model, task_cls.backbone_kind, options=run.model_options)
     fingerprint = backbone_fingerprint(backbone)
     task = task_cls(run, tokenizer)
+    task.report = report
     task.prepare(splits)
     model = build_model(run, task, backbone, tokenizer)
     trainable, total = count_parameters(model)
     features = {split: task.featurize(dataset, split) for split, dataset in splits.items()}
-    eval_sets = {s: (splits[s], features[s]) for s in ("validation", "test") if s in splits}
+    for line in report.notices():
+        print(f"[data] {line}", file=sys.stderr)
+    eval_splits = ("validation", "test") if evaluate_test else ("validation",)
+    eval_sets = {s: (splits[s], features[s]) for s in eval_splits if s in splits}
 
     def save(directory: Path, trained: nn.Module) -> int:
         return save_checkpoint(
@@ -107,10 +140,13 @@ def train_run(
             backbone_fingerprint=fingerprint,
         )
 
-    trainer = Trainer(run, task, model, features["train"], eval_sets, output_dir, save, show_progress)
+    train_features = features["train"]
+    trainer = Trainer(
+        run, task, model, train_features, eval_sets, output_dir, save, show_progress, on_evaluate=on_evaluate
+    )
     state = trainer.train(resume=resume, stop_at_step=pause_at_step)
-    if state.step < trainer.total_steps and not state.stopped_early:
-        return {"paused_at_step": state.step, "state": str(output_dir / "last")}
+    if state.step < trainer.total_steps and not (state.stopped_early or state.out_of_time):
+        return {"paused_at_step": state.step, "state": str(newest_state(output_dir))}
     checkpoint_dir = output_dir / "checkpoint"
     load_trained_tensors(checkpoint_dir, trainer.unwrapped)
     metrics = {
@@ -127,7 +163,10 @@ def train_run(
         "steps": state.step,
         "best_step": state.best_step,
         "stopped_early": state.stopped_early,
+        "out_of_time": state.out_of_time,
+        "eval_seconds": round(state.eval_seconds, 2),
         "train_examples": len(features["train"]),
+        "data_report": report.to_dict(),
         "checkpoint": str(checkpoint_dir),
         "checkpoint_bytes": checkpoint_bytes(checkpoint_dir),
         "device": str(trainer.accelerator.device),
@@ -150,24 +189,52 @@ def load_trained(
     run = run or RunConfig.from_dict(meta["run_config"], source=str(checkpoint_dir))
     task_cls = get_task(run.task)
     tokenizer = load_tokenizer(run.model)
-    backbone = load_backbone(run.model, task_cls.backbone_kind)
-    check_fingerprint(meta, backbone_fingerprint(backbone), checkpoint_dir)
-    task = task_cls(run, tokenizer)
-    task.load_state(meta["task_state"])
-    model = build_model(run, task, backbone, tokenizer)
-    load_trained_tensors(checkpoint_dir, model)
+    backbone = load_backbone(run.model, task_cls.backbone_kind, options=run.model_options)
+    task, model = attach_trained(checkpoint_dir, backbone, tokenizer, backbone_fingerprint(backbone), run)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return task, model.to(device).eval()
+
+
+def attach_trained(
+    checkpoint_dir: str | Path,
+    backbone: nn.Module,
+    tokenizer: Any,
+    fingerprint: str,
+    run: RunConfig | None = None,
+) -> tuple[Task, nn.Module]:
+    """A checkpoint's task and task model around ``backbone`` (whose fingerprint must match): several
+    prompted checkpoints can share one backbone this way."""
+    meta = read_checkpoint_meta(checkpoint_dir)
+    run = run or RunConfig.from_dict(meta["run_config"], source=str(checkpoint_dir))
+    check_fingerprint(meta, fingerprint, checkpoint_dir)
+    task = get_task(run.task)(run, tokenizer)
+    try:
+        task.load_state(meta["task_state"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{checkpoint_dir}: its stored task state does not fit task {run.task!r} (no {exc})"
+        ) from None
+    model = build_model(run, task, backbone, tokenizer)
+    load_trained_tensors(checkpoint_dir, model)
+    for module in model.modules():  # an MLP reparameterisation is only needed for training
+        if isinstance(module, DeepPrompt):
+            module.fold()
+    return task, model
 
 
 def evaluate_checkpoint(checkpoint_dir: Path, output_dir: Path, overrides: list[str] | None = None) -> dict:
     """Metrics of a checkpoint on its own dev/test data (or data changed by ``overrides``)."""
     meta = read_checkpoint_meta(checkpoint_dir)
+    stored = RunConfig.from_dict(copy.deepcopy(meta["run_config"]), source=str(checkpoint_dir))
     run = RunConfig.from_dict(
-        apply_overrides(meta["run_config"], overrides or []), source=str(checkpoint_dir)
+        apply_overrides(copy.deepcopy(meta["run_config"]), overrides or []), source=str(checkpoint_dir)
     )
+    check_eval_overrides(stored, run, f"{checkpoint_dir}: --set")
+    run.data.train = None  # the checkpoint holds what the task learnt from train (e.g. its labels)
     task, model = load_trained(checkpoint_dir, run=run)
-    splits = load_splits(run, type(task))
+    report = DataReport()
+    task.report = report
+    splits = load_splits(run, type(task), report, need_train=False)
     device = next(model.parameters()).device
     results = {}
     for split in ("validation", "test"):
@@ -191,6 +258,9 @@ def evaluate_checkpoint(checkpoint_dir: Path, output_dir: Path, overrides: list[
         "trainable_share": trainable / total,
         "train_seconds": 0.0,
         "checkpoint_bytes": checkpoint_bytes(checkpoint_dir),
+        "data_report": report.to_dict(),
     }
+    for line in report.notices():
+        print(f"[data] {line}", file=sys.stderr)
     write_json_atomic(Path(output_dir) / "metrics.json", metrics)
     return metrics

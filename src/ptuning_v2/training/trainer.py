@@ -1,14 +1,19 @@
 """The training loop, on Hugging Face Accelerate: multi-process and mixed precision come from it.
 
 Shuffling is a seeded permutation per epoch, so a run can stop anywhere and resume exactly: the
-resumable state (trained tensors, optimizer moments, schedule, RNG, position in the epoch) is
-written with safetensors + JSON at every evaluation and every ``save_every`` steps.
+resumable state (trained tensors, optimizer moments, schedule, RNG of every process, position in the
+epoch, the run config) is one folder ``states/step-N`` renamed into place at every evaluation and
+every ``save_every`` steps; a process killed at any moment resumes from the newest complete one.
+With several processes, evaluation is sharded: each process runs the model on its share of the
+batches and every process computes the task's metrics over all of them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -18,18 +23,150 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
+from accelerate.utils import gather_object
 from torch import nn
-from tqdm.auto import tqdm
 
-from ptuning_v2.config import RunConfig
+from ptuning_v2.config import ConfigError, RunConfig
 from ptuning_v2.evaluation.runner import evaluate_split
 from ptuning_v2.tasks.base import Task
-from ptuning_v2.training.checkpoint import save_tensors, trainable_state
+from ptuning_v2.training.checkpoint import (
+    STATES_DIR,
+    CheckpointError,
+    clean_partial_states,
+    complete_states,
+    crash_point,
+    read_state,
+    read_state_meta,
+    trainable_state,
+    write_state,
+)
 from ptuning_v2.training.optim import build_optimizer, build_scheduler
-from ptuning_v2.utils.io import write_json_atomic
+from ptuning_v2.training.sharding import prepare_for_training
+from ptuning_v2.training.tracking import (
+    TRACKER_PROJECT,
+    flatten_config,
+    progress_bar,
+    summary_line,
+    tracker_values,
+    trackers,
+)
+from ptuning_v2.utils.io import write_text_atomic
 
-STATE_DIR = "last"
+SAFE_ON_RESUME = (
+    "output_dir",
+    "train.epochs",
+    "train.max_steps",
+    "train.eval_every",
+    "train.eval_batch_size",
+    "train.save_every",
+    "train.keep_states",
+    "train.early_stopping_patience",
+    "train.log_with",
+)
+"""Settings a resume may change: they touch only what is still to come, not the trajectory taken."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped before saving anything from that step."""
+
+
+def newest_state(output_dir: str | Path) -> Path:
+    """The newest complete resumable state of the run in ``output_dir``."""
+    states = complete_states(Path(output_dir) / STATES_DIR)
+    if not states:
+        raise CheckpointError(
+            f"{Path(output_dir) / STATES_DIR}: no complete resumable state to resume from "
+            "(start the run again with --overwrite)"
+        )
+    return states[-1][1]
+
+
+RUN_FILES = ("metrics.json", "log.jsonl", "checkpoint", STATES_DIR, "last")
+"""What a training run writes into its folder (``last``: the state folder of earlier versions)."""
+
+
+def prepare_output_dir(output_dir: Path, run: RunConfig, resume: bool, overwrite: bool) -> None:
+    """A fresh run never mixes with an earlier one: refuse a folder that holds a run unless asked to
+    overwrite it (its run files are removed, nothing else); a resume checks its settings first."""
+    if resume:
+        if overwrite:
+            raise ConfigError("--resume continues the run in the folder, --overwrite replaces it: pick one")
+        state = newest_state(output_dir)
+        resume_changes(read_state_meta(state)["run_config"], run, state)  # refuse before loading the model
+        return
+    found = [name for name in RUN_FILES if (output_dir / name).exists()]
+    if found and not overwrite:
+        raise ConfigError(
+            f"{output_dir}: holds a previous run ({', '.join(found)}); pass --overwrite to replace it, "
+            "--resume to continue it, or choose another --output-dir"
+        )
+    for name in found:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)  # several processes may remove it at once
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_changes(stored: dict[str, Any], run: RunConfig, where: str | Path) -> list[str]:
+    """The changed settings a resume applies (``key (old -> new)``); any other change is refused."""
+    old, new = _flat(stored), _flat(run.to_dict())
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    refused = [k for k in changed if k not in SAFE_ON_RESUME]
+    if refused:
+        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in refused)
+        raise ConfigError(
+            f"{where}: cannot resume with changed {shown}: the run so far was trained with the stored "
+            f"values; resume without changing them, or start a fresh run with --overwrite "
+            f"(a resume may change only {', '.join(SAFE_ON_RESUME)})"
+        )
+    return [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed]
+
+
+class _Outputs(dict):
+    """Outputs another process computed; a key it did not keep is computed here, on demand."""
+
+    def __init__(self, kept: dict[str, torch.Tensor], compute: Callable[[], dict[str, Any]]) -> None:
+        super().__init__(kept)
+        self._compute = compute
+
+    def __missing__(self, key: str) -> Any:
+        self.update({k: v for k, v in self._compute().items() if k not in self})
+        return dict.__getitem__(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+class _Replay:
+    """The model as a task's ``evaluate`` sees it: the forward call on the batch being replayed returns
+    the gathered outputs; anything else (``generate``, other inputs) runs the real model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+        self.batch: dict[str, Any] | None = None
+        self.outputs: dict[str, torch.Tensor] = {}
+
+    def __call__(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        if batch is self.batch and not args and not kwargs:
+            return _Outputs(self.outputs, lambda: self._model(batch))
+        return self._model(batch, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 @dataclass
@@ -43,7 +180,13 @@ class TrainState:
     best_step: int | None = None
     bad_evals: int = 0
     train_seconds: float = 0.0
+    running_loss: float = 0.0
+    """Sum of the losses since the last logged one (and their count): a resume logs the same means."""
+    running_count: int = 0
+    eval_seconds: float = 0.0
     stopped_early: bool = False
+    out_of_time: bool = False
+    """Stopped at ``train.max_seconds`` of optimisation time (evaluation does not count)."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -77,7 +220,9 @@ class Trainer:
         output_dir: str | Path,
         save_checkpoint: Callable[[Path, nn.Module], int],
         show_progress: bool = True,
+        on_evaluate: Callable[[int, float], None] | None = None,
     ) -> None:
+        """``on_evaluate(step, dev_metric)`` runs after each dev evaluation (a search may stop a weak run)."""
         self.run = run
         self.cfg = run.train
         self.task = task
@@ -86,10 +231,13 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.save_checkpoint = save_checkpoint
         self.show_progress = show_progress
+        self.on_evaluate = on_evaluate
         # cpu=True without a GPU lets several CPU processes (torchrun / accelerate launch) train with gloo.
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
             mixed_precision=resolve_mixed_precision(self.cfg.mixed_precision),
+            log_with=trackers(self.cfg.log_with),
+            project_dir=str(self.output_dir),
         )
         self.optimizer = build_optimizer(model, self.cfg)
         world = self.accelerator.num_processes
@@ -97,10 +245,13 @@ class Trainer:
         self.steps_per_epoch = max(1, micro_per_epoch // self.cfg.grad_accum_steps)
         self.total_steps = self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * self.steps_per_epoch))
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.total_steps)
-        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        self.model, self.optimizer = prepare_for_training(self.accelerator, model, self.optimizer, self.cfg)
         self.metric_name = self.cfg.metric_for_best or task.main_metric
         self.state = TrainState()
         self.log_every = max(1, self.total_steps // 50)
+        if self.cfg.keep_states < 1:
+            raise ConfigError(f"train.keep_states must be at least 1, got {self.cfg.keep_states}")
+        self._saved_step: int | None = None
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -112,7 +263,10 @@ class Trainer:
         }
 
     def evaluate(self, split: str) -> dict[str, Any]:
+        """The task's metrics on ``split``; with several processes each runs the model on its share."""
         dataset, features = self.eval_sets[split]
+        if self.accelerator.num_processes > 1:
+            return self._evaluate_sharded(dataset, features)
         return evaluate_split(
             self.task,
             self.unwrapped,
@@ -123,22 +277,100 @@ class Trainer:
             self.accelerator.autocast(),
         )
 
+    def _evaluate_sharded(self, dataset: Any, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """Batch ``i`` runs on process ``i % world``; the outputs are gathered and the task's own
+        ``evaluate`` replays them in order, so the metrics equal a single-process evaluation's."""
+        acc, model, size = self.accelerator, self.unwrapped, self.cfg.eval_batch_size
+        starts = list(range(0, len(features), size))
+        # Encoder heads' outputs are small; a language model's vocabulary logits are not: keep its loss.
+        keep = None if self.task.backbone_kind == "encoder" else {"loss"}
+        was_training = model.training
+        model.eval()
+        try:
+            mine: dict[int, dict[str, torch.Tensor]] = {}
+            with torch.no_grad(), acc.autocast():
+                for start in starts[acc.process_index :: acc.num_processes]:
+                    out = model(self._to_device(self.task.collate(features[start : start + size])))
+                    mine[start] = {
+                        k: v.cpu()
+                        for k, v in out.items()
+                        if isinstance(v, torch.Tensor) and (keep is None or k in keep)
+                    }
+                if acc.is_fsdp2:  # each FSDP forward gathers weights from all processes: run as many
+                    for _ in range(len(mine), -(-len(starts) // acc.num_processes)):
+                        model(self._to_device(self.task.collate(features[:size])))
+            outputs: dict[int, dict[str, torch.Tensor]] = {}
+            for part in gather_object([mine]):
+                outputs.update(part)
+            replay = _Replay(model)
+
+            def replayed() -> Any:
+                for start in starts:
+                    batch = self._to_device(self.task.collate(features[start : start + size]))
+                    replay.batch = batch
+                    replay.outputs = {k: v.to(acc.device) for k, v in outputs[start].items()}
+                    yield batch
+
+            with torch.no_grad(), acc.autocast():
+                return self.task.evaluate(replay, replayed(), dataset, features)  # type: ignore[arg-type]
+        finally:
+            model.train(was_training)
+
     def _log(self, record: dict[str, Any]) -> None:
         self.state.history.append(record)
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            line = json.dumps(record) + "\n"
             with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                crash_point("log", record["step"], before=lambda: (f.write(line[:20]), f.flush()))
+                f.write(line)
+        if self.cfg.log_with:
+            self.accelerator.log(tracker_values(record), step=record["step"])
 
     def _improved(self, value: float) -> bool:
+        if not math.isfinite(value):  # a NaN metric is never the best checkpoint
+            return False
         best = self.state.best_metric
         if best is None:
             return True
         return value > best if self.task.higher_is_better else value < best
 
+    def _all_finite(self, finite: bool) -> bool:
+        """Did every process see a finite loss and gradient? Every process gets the same answer."""
+        if self.accelerator.num_processes == 1:
+            return finite
+        votes = self.accelerator.reduce(torch.tensor([float(not finite)], device=self.accelerator.device))
+        return bool(votes.item() == 0)
+
+    def _diverged(self, loss: float) -> None:
+        """Stop: nothing from this step is saved; the last state and best checkpoint stay as they were."""
+        states = complete_states(self.output_dir / STATES_DIR)
+        last = f"the last good state is {states[-1][1]}" if states else "no resumable state was saved yet"
+        best = self.output_dir / "checkpoint"
+        kept = (
+            f"the best checkpoint {best} (step {self.state.best_step})" if best.is_dir() else "no checkpoint"
+        )
+        raise TrainingDivergedError(
+            f"training diverged at step {self.state.step + 1}: the loss or its gradient is not finite "
+            f"(loss {loss}, train.lr={self.cfg.lr}); stopped without saving it; {last}, {kept} is kept; "
+            "lower train.lr (or set train.grad_clip) and start again with --overwrite"
+        )
+
+    def _out_of_time(self) -> bool:
+        """``train.max_seconds`` of optimisation time spent? Every process gets the same answer."""
+        limit = self.cfg.max_seconds
+        if limit is None:
+            return False
+        done = float(self.state.train_seconds - self.state.eval_seconds >= limit)
+        if self.accelerator.num_processes == 1:
+            return bool(done)
+        votes = self.accelerator.reduce(torch.tensor([done], device=self.accelerator.device), "sum")
+        return bool(votes.item() > 0)
+
     def _evaluate_and_select(self) -> None:
         if "validation" not in self.eval_sets:
             return
+        started = time.perf_counter()
         metrics = self.evaluate("validation")
         if self.metric_name not in metrics:
             raise ValueError(f"train.metric_for_best {self.metric_name!r} is not among {sorted(metrics)}")
@@ -155,12 +387,20 @@ class Trainer:
             if patience is not None and self.state.bad_evals >= patience:
                 self.state.stopped_early = True
         self.save_state()
+        self.state.eval_seconds += time.perf_counter() - started
+        if self.on_evaluate is not None:
+            self.on_evaluate(self.state.step, value)
 
     # ---- resumable state -------------------------------------------------------------------
     def save_state(self) -> None:
+        """Write this step's resumable state (once per step) as one folder renamed into place."""
+        if self._saved_step == self.state.step:
+            return
+        self._saved_step = self.state.step
+        cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+        rng = gather_object([(torch.get_rng_state(), cuda)])  # every process's generators, in rank order
         if not self.accelerator.is_main_process:
             return
-        directory = self.output_dir / STATE_DIR
         tensors = {f"model.{k}": v for k, v in trainable_state(self.unwrapped).items()}
         optim = self.optimizer.state_dict()
         for index, slot in optim["state"].items():
@@ -168,31 +408,41 @@ class Trainer:
                 tensors[f"optim.{index}.{key}"] = (
                     value if isinstance(value, torch.Tensor) else torch.tensor(value)
                 )
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        save_tensors(directory / "state.safetensors", tensors)
-        write_json_atomic(
-            directory / "state.json",
-            {
-                "train_state": asdict(self.state),
-                "param_groups": optim["param_groups"],
-                "scheduler": self.scheduler.state_dict(),
-                "total_steps": self.total_steps,
-            },
-        )
+        for rank, (cpu, cuda) in enumerate(rng):
+            tensors[f"rng.cpu.{rank}"] = cpu
+            if cuda is not None:
+                tensors[f"rng.cuda.{rank}"] = cuda
+        meta = {
+            "train_state": asdict(self.state),
+            "param_groups": optim["param_groups"],
+            "scheduler": self.scheduler.state_dict(),
+            "total_steps": self.total_steps,
+            "num_processes": self.accelerator.num_processes,
+            "train_examples": len(self.train_features),
+            "run_config": self.run.to_dict(),
+        }
+        write_state(self.output_dir / STATES_DIR, self.state.step, tensors, meta, self.cfg.keep_states)
 
-    def load_state(self) -> None:
-        directory = self.output_dir / STATE_DIR
-        if not (directory / "state.json").is_file():
-            raise FileNotFoundError(f"{directory}: no resumable state to resume from")
-        meta = json.loads((directory / "state.json").read_text(encoding="utf-8"))
-        if meta["total_steps"] != self.total_steps:
-            raise ValueError(
-                f"{directory}: the saved run planned {meta['total_steps']} steps, this config plans "
-                f"{self.total_steps}; resume with the same config"
+    def load_state(self, directory: Path) -> None:
+        """Continue exactly from ``directory``; only the settings in ``SAFE_ON_RESUME`` may differ."""
+        tensors, meta = read_state(directory)
+        applied = resume_changes(meta["run_config"], self.run, directory)
+        if meta["num_processes"] != self.accelerator.num_processes:
+            raise ConfigError(
+                f"{directory}: the run was trained on {meta['num_processes']} process(es); resume it on "
+                f"as many (this launch has {self.accelerator.num_processes})"
             )
-        tensors = load_file(str(directory / "state.safetensors"))
+        if meta["train_examples"] != len(self.train_features):
+            raise ConfigError(
+                f"{directory}: the run was trained on {meta['train_examples']} examples, the training data "
+                f"now gives {len(self.train_features)}; resume with the same data"
+            )
+        state = TrainState(**meta["train_state"])
+        if state.step > self.total_steps:
+            raise ConfigError(
+                f"{directory}: the state is at step {state.step}, past the {self.total_steps} steps this "
+                "config plans; a resume may only extend a run"
+            )
         params = dict(self.unwrapped.named_parameters())
         with torch.no_grad():
             for name, value in tensors.items():
@@ -204,30 +454,52 @@ class Trainer:
                 _, index, key = name.split(".", 2)
                 optim_state.setdefault(int(index), {})[key] = value
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
-        self.scheduler.load_state_dict(meta["scheduler"])
-        torch.set_rng_state(tensors["rng.cpu"])
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
-        self.state = TrainState(**meta["train_state"])
+        self.scheduler.load_state_dict(meta["scheduler"])  # the schedule's shape follows total_steps
+        rank = self.accelerator.process_index
+        torch.set_rng_state(tensors[f"rng.cpu.{rank}"])
+        if f"rng.cuda.{rank}" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"])
+        patience = self.cfg.early_stopping_patience  # it may have changed
+        state.stopped_early = patience is not None and state.bad_evals >= patience
+        self.state, self._saved_step = state, state.step
+        if self.accelerator.is_main_process:
+            # The log again holds exactly the records up to this state: later ones are replayed.
+            write_text_atomic(
+                self.output_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state.history)
+            )
+            note = f"; applying changed {', '.join(applied)}" if applied else ""
+            print(f"resuming {self.output_dir} from step {state.step} ({directory.name}){note}", flush=True)
 
     # ---- the loop --------------------------------------------------------------------------
+    @property
+    def _desc(self) -> str:
+        return f"{self.run.method} {self.run.task}"
+
+    def _finish(self, bar: Any) -> None:
+        """Close the bar and the trackers; one summary line, so a captured log has one line per run."""
+        bar.close()
+        if self.cfg.log_with:
+            self.accelerator.end_training()
+        if self.show_progress and self.accelerator.is_main_process:
+            print(summary_line(self._desc, self.state, self.total_steps, self.metric_name), file=sys.stderr)
+
     def train(self, resume: bool = False, stop_at_step: int | None = None) -> TrainState:
         """Train to ``total_steps`` (or early stopping); ``stop_at_step`` pauses for a later resume."""
+        if self.accelerator.is_main_process:
+            clean_partial_states(self.output_dir / STATES_DIR)  # what a killed state write left
         if resume:
-            self.load_state()
+            self.load_state(newest_state(self.output_dir))
         cfg, acc, state = self.cfg, self.accelerator, self.state
         model = self.model
         model.train()
-        bar = tqdm(
-            total=self.total_steps,
-            initial=state.step,
-            disable=not (self.show_progress and acc.is_main_process),
-            desc=f"{self.run.method} {self.run.task}",
-            dynamic_ncols=True,
+        bar = progress_bar(
+            self.total_steps, state.step, self.show_progress and acc.is_main_process, self._desc
         )
+        if cfg.log_with:
+            acc.init_trackers(TRACKER_PROJECT, config=flatten_config(self.run.to_dict()))
         started = time.perf_counter() - state.train_seconds
-        running_loss, running_count = 0.0, 0
-        while state.step < self.total_steps and not state.stopped_early:
+        finite = True
+        while state.step < self.total_steps and not (state.stopped_early or state.out_of_time):
             batches = epoch_batches(
                 len(self.train_features),
                 cfg.batch_size,
@@ -244,22 +516,29 @@ class Trainer:
                 with context, acc.autocast():
                     loss = model(batch)["loss"]
                     acc.backward(loss / cfg.grad_accum_steps)
-                running_loss += float(loss.detach())
-                running_count += 1
+                value = float(loss.detach())
+                finite = finite and math.isfinite(value)
+                state.running_loss += value
+                state.running_count += 1
                 state.micro_in_epoch = micro + 1
                 if not last_micro:
                     continue
                 if cfg.grad_clip:
-                    acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    finite = finite and bool(torch.isfinite(norm))
+                if not self._all_finite(finite):
+                    bar.close()
+                    self._diverged(value)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 state.step += 1
+                crash_point("step", state.step)
                 bar.update(1)
                 state.train_seconds = time.perf_counter() - started
                 if state.step % self.log_every == 0 or state.step == self.total_steps:
-                    mean_loss = running_loss / max(running_count, 1)
-                    running_loss, running_count = 0.0, 0
+                    mean_loss = state.running_loss / max(state.running_count, 1)
+                    state.running_loss, state.running_count = 0.0, 0
                     bar.set_postfix(loss=f"{mean_loss:.4f}")
                     self._log(
                         {
@@ -272,25 +551,30 @@ class Trainer:
                         }
                     )
                 at_end = state.step == self.total_steps
-                if (cfg.eval_every and state.step % cfg.eval_every == 0) or (at_end and not cfg.eval_every):
+                state.out_of_time = self._out_of_time()
+                if (
+                    (cfg.eval_every and state.step % cfg.eval_every == 0)
+                    or at_end  # the last steps always count, even when eval_every does not divide them
+                    or state.out_of_time
+                ):
                     self._evaluate_and_select()
                     if state.best_metric is not None:
                         bar.set_postfix({f"best_dev_{self.metric_name}": f"{state.best_metric:.4f}"})
                 elif cfg.save_every and state.step % cfg.save_every == 0:
                     self.save_state()
-                if state.stopped_early or at_end:
+                if state.stopped_early or at_end or state.out_of_time:
                     break
                 if stop_at_step is not None and state.step >= stop_at_step:
                     self.save_state()
-                    bar.close()
+                    self._finish(bar)
                     return state
             else:
                 state.epoch += 1
                 state.micro_in_epoch = 0
                 if not cfg.eval_every and state.step < self.total_steps:
                     self._evaluate_and_select()
-        bar.close()
         state.train_seconds = time.perf_counter() - started
+        self._finish(bar)
         if "validation" not in self.eval_sets and acc.is_main_process:
             self.save_checkpoint(self.output_dir / "checkpoint", self.unwrapped)
         self.save_state()

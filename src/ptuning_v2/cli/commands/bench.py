@@ -22,6 +22,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="profile the target cases operator by operator instead (writes profile.md and profile.json)",
     )
     p.add_argument("--only", choices=["inference", "training"], help="run one section only")
+    p.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="instead: peak training memory of the decoder with and without gradient checkpointing "
+        "(writes checkpointing.json and checkpointing.md)",
+    )
+    p.add_argument(
+        "--multitask",
+        action="store_true",
+        help="instead: 4 tasks on one encoder, mixed-task batches vs grouping by task vs one request at a "
+        "time, and memory of one backbone + N prompts (writes multitask.json and multitask.md)",
+    )
+    p.add_argument("--requests-per-task", type=int, default=64, help="requests per task for --multitask")
+    p.add_argument("--rounds", type=int, default=5, help="timing rounds for --multitask")
+    p.add_argument("--seq-len", type=int, default=2048, help="sequence length for --checkpointing")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size for --checkpointing")
     p.add_argument("--encoder", default="minilm", help="encoder model (alias, folder or hub name)")
     p.add_argument("--decoder", default="smollm2", help="decoder-only language model")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -42,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
     from ptuning_v2.benchmarks.timing import select_device, select_dtype
     from ptuning_v2.config import ConfigError
 
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    if args.checkpointing:
+        return run_checkpointing(args)
+    if args.multitask:
+        return run_multitask(args)
     if args.profile:
         suite = profile_suite(args.encoder, args.decoder, args.quick)
     else:
@@ -50,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
         suite = dataclasses.replace(suite, training=())
     elif args.only == "training":
         suite = dataclasses.replace(suite, inference=())
-    if args.threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     device = select_device(args.device)
     runner = run_profile if args.profile else run_suite
     runner(
@@ -65,6 +85,45 @@ def run(args: argparse.Namespace) -> int:
     )
     written = "profile.md and profile.json" if args.profile else "bench.json, bench.md and PNG plots"
     print(f"results written to {args.output_dir}: {written}")
+    return 0
+
+
+def run_checkpointing(args: argparse.Namespace) -> int:
+    import torch
+
+    from ptuning_v2.benchmarks import checkpointing
+    from ptuning_v2.benchmarks.timing import select_device, select_dtype
+    from ptuning_v2.config import ConfigError
+
+    if args.seq_len < 1 or args.batch_size < 1:
+        raise ConfigError("--seq-len and --batch-size must be at least 1")
+    torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+    rows = checkpointing.measure(
+        args.decoder, "causal_lm", args.seq_len, args.batch_size, 20, device, select_dtype(args.dtype, device)
+    )
+    command = command_line(args) + f" --checkpointing --seq-len {args.seq_len} --batch-size {args.batch_size}"
+    checkpointing.write(rows, Path(args.output_dir), command)
+    print(checkpointing.markdown(rows, command))
+    return 0
+
+
+def run_multitask(args: argparse.Namespace) -> int:
+    import torch
+
+    from ptuning_v2.benchmarks import multitask
+    from ptuning_v2.config import ConfigError
+
+    if args.requests_per_task < 1 or args.rounds < 1:
+        raise ConfigError("--requests-per-task and --rounds must be at least 1")
+    torch.set_num_threads(args.threads)
+    command = (
+        f"ptv2 bench --multitask --encoder {args.encoder} --requests-per-task {args.requests_per_task} "
+        f"--rounds {args.rounds} --threads {args.threads} --output-dir {args.output_dir}"
+    )
+    result = multitask.run_multitask(args.encoder, args.requests_per_task, 64, 128, args.rounds, command)
+    multitask.write(result, Path(args.output_dir))
+    print(multitask.markdown(result))
     return 0
 
 

@@ -40,6 +40,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="read back a method's finished run of the identical config in the runs dir instead of training it again",
     )
+    p.add_argument(
+        "--tune",
+        type=int,
+        metavar="N",
+        help="first give every method N `ptv2 tune` trials on dev (OUTPUT_DIR/tune/METHOD, resumable), "
+        "then compare the best configs on test",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run every method with K seeds (train.seed, +1, ...); report mean ± std and error bars",
+    )
+    p.add_argument(
+        "--budget-seconds",
+        type=float,
+        metavar="S",
+        help="give every method S seconds of training (train.max_seconds) instead of the same steps",
+    )
     p.set_defaults(func=run)
 
 
@@ -64,6 +84,12 @@ def command_line(args: argparse.Namespace, methods: list[str]) -> str:
         parts += ["--method-set", override]
     if args.reuse:
         parts.append("--reuse")
+    if args.tune:
+        parts += ["--tune", str(args.tune)]
+    if args.seeds != 1:
+        parts += ["--seeds", str(args.seeds)]
+    if args.budget_seconds is not None:
+        parts += ["--budget-seconds", f"{args.budget_seconds:g}"]
     return shlex.join(parts)
 
 
@@ -88,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
         source=args.config,
         command=command_line(args, methods),
         reuse=args.reuse,
+        tune_trials=args.tune,
+        seeds=args.seeds,
+        budget_seconds=args.budget_seconds,
     )
     print(markdown_report(result))
     return 1 if any(row["status"] != "ok" for row in result["methods"]) else 0

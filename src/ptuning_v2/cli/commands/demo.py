@@ -27,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
     for method in ("ptuning_v2", "linear_probe"):
         print(f"== {method}: training on the demo budget", flush=True)
         config = load_run_config(recipe_path("demo"), [*args.overrides, f"method={method}"])
-        results[method] = train_run(config, output / method, show_progress=not args.no_progress)
+        results[method] = train_run(
+            config, output / method, show_progress=not args.no_progress, overwrite=True
+        )
     report = demo_report(results)
     write_json_atomic(
         output / "metrics.json",

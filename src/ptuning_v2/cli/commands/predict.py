@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from ptuning_v2.data import DataError
+from ptuning_v2.data.readers import decode_utf8, read_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,28 +21,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_inputs(args: argparse.Namespace) -> list[str]:
+def read_inputs(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+    """The non-empty input lines, and the numbers of the empty ones (left out: each output echoes its input)."""
     if args.texts:
-        return list(args.texts)
-    if args.file and args.file != "-":
-        path = Path(args.file)
+        return list(args.texts), []
+    source = args.file if args.file and args.file != "-" else "<stdin>"
+    if source != "<stdin>":
+        path = Path(source)
         if not path.is_file():
             raise DataError("no such file", file=path)
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = read_text(path)
     else:
-        lines = sys.stdin.read().splitlines()
+        stream = getattr(sys.stdin, "buffer", None)
+        text = decode_utf8(stream.read(), source) if stream is not None else sys.stdin.read()
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    if lines and not lines[-1]:
+        lines.pop()  # the newline that ends the last line
+    empty = [number for number, line in enumerate(lines, start=1) if not line.strip()]
     inputs = [line for line in lines if line.strip()]
     if not inputs:
-        raise DataError("no input texts", file=args.file or "<stdin>")
-    return inputs
+        raise DataError("no input texts", file=source)
+    return inputs, empty
 
 
 def run(args: argparse.Namespace) -> int:
     from ptuning_v2.training.recipe import load_trained
 
-    inputs = read_inputs(args)
+    inputs, empty = read_inputs(args)
     task, model = load_trained(args.checkpoint)
-    parsed = [tuple(text.split("\t", 1)) if "\t" in text else text for text in inputs]
-    for prediction in task.predict(model, parsed):
-        print(json.dumps(prediction, ensure_ascii=False))
+    task.report.read("predict", len(inputs) + len(empty))
+    shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+    task.report.skip("predict", f"empty: line {shown}", len(empty))
+    for prediction in task.predict(model, [task.parse_input(text) for text in inputs]):
+        print(json.dumps(finite(prediction), ensure_ascii=False, allow_nan=False))
+    for line in task.report.notices():
+        print(f"[data] {line}", file=sys.stderr)
     return 0
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite number as null: bare ``NaN`` is not JSON (a diverged
+    checkpoint's scores would break every reader of the output)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value

@@ -14,7 +14,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", help="YAML run config (defaults if omitted)")
     add_overrides(p, "override a config field, e.g. --set train.lr=5e-3 --set prompt.num_virtual_tokens=32")
     p.add_argument("--output-dir", help="where metrics.json, log.jsonl and the checkpoint go (or output_dir)")
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUTPUT_DIR/last")
+    p.add_argument(
+        "--resume", action="store_true", help="continue exactly from the newest state in OUTPUT_DIR/states"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a previous run in OUTPUT_DIR (refused otherwise)"
+    )
     p.add_argument(
         "--pause-at-step", type=int, help="stop after this many steps; continue later with --resume"
     )
@@ -35,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         show_progress=not args.no_progress,
         pause_at_step=args.pause_at_step,
+        overwrite=args.overwrite,
     )
     if "paused_at_step" in metrics:
         print(f"paused at step {metrics['paused_at_step']}; continue with --resume --output-dir {output_dir}")

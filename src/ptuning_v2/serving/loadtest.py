@@ -1,0 +1,271 @@
+"""A bounded load test of ``ptv2 serve`` on loopback: concurrent clients over several tasks, every answer
+checked against the task's own prediction for that input, with dynamic batching on and off.
+
+Each mode starts its own server process (same checkpoints, same limits but ``--no-batching``), warms it
+up, then ``clients`` closed-loop clients send ``requests`` one-input requests between them (tasks in
+turn), stopping early at ``max_seconds``. The expected answer of every (task, input) is what ``ptv2
+predict`` gives for that input alone; an answer matches when its labels, spans and texts are equal
+and its scores agree to ``1e-4`` (a row's float rounding may move with the batch it shares).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from ptuning_v2.cli.commands.predict import finite
+from ptuning_v2.config import RunConfig
+from ptuning_v2.data import load_builtin
+from ptuning_v2.training.checkpoint import read_checkpoint_meta
+from ptuning_v2.utils.io import write_json_atomic, write_text_atomic
+
+TOLERANCE = 1e-4
+
+
+def sample_inputs(checkpoint: str | Path, count: int) -> list[Any]:
+    """``count`` inputs for a checkpoint's task from its own data's test (or dev) split, as a client
+    would send them."""
+    run = RunConfig.from_dict(read_checkpoint_meta(checkpoint)["run_config"], source=str(checkpoint))
+    from ptuning_v2.tasks import get_task
+    from ptuning_v2.training.recipe import load_splits
+
+    splits = (
+        load_builtin(run.data.name) if run.data.name else load_splits(run, get_task(run.task), None, False)
+    )
+    split = splits["test"] if "test" in splits else splits["validation"]
+    rows = split.select(range(min(count, len(split))))
+    if run.task == "ner":
+        return [" ".join(tokens) for tokens in rows["tokens"]]
+    if run.task == "classification":
+        pairs = "text_pair" in rows.column_names
+        return [[r["text"], r["text_pair"]] if pairs else r["text"] for r in rows]
+    if run.task == "qa":
+        return [{"question": r["question"], "context": r["context"]} for r in rows]
+    raise ValueError(f"the load test has no inputs for task {run.task!r}")
+
+
+def expected_answers(checkpoints: dict[str, str], inputs: dict[str, list[Any]]) -> dict[str, list[dict]]:
+    """Each input's prediction alone, by its own checkpoint (what ``ptv2 predict`` prints), as JSON."""
+    from ptuning_v2.training.recipe import load_trained
+
+    answers = {}
+    for name, checkpoint in checkpoints.items():
+        task, model = load_trained(checkpoint, device="cpu")
+        answers[name] = [json.loads(json.dumps(finite(task.predict(model, [x])[0]))) for x in inputs[name]]
+    return answers
+
+
+def same_answer(got: Any, want: Any) -> bool:
+    """Equal JSON, but for floats within ``TOLERANCE``."""
+    if isinstance(want, float) and isinstance(got, int | float):
+        return abs(got - want) <= TOLERANCE
+    if isinstance(want, dict):
+        return (
+            isinstance(got, dict)
+            and got.keys() == want.keys()
+            and all(same_answer(got[k], v) for k, v in want.items())
+        )
+    if isinstance(want, list):
+        return isinstance(got, list) and len(got) == len(want) and all(map(same_answer, got, want))
+    return got == want
+
+
+async def measure(
+    url: str,
+    jobs: list[tuple[str, int]],
+    inputs: dict[str, list[Any]],
+    expected: dict[str, list[dict]],
+    clients: int,
+    max_seconds: float,
+) -> dict[str, Any]:
+    """Run ``jobs`` ((task, input index) each) through ``clients`` concurrent clients; latency of each,
+    and every answer checked."""
+    queue = list(reversed(range(len(jobs))))
+    latencies: list[float] = []
+    wrong, lost, foreign = [], [], []
+    answered = [0] * len(jobs)
+    stop_at = time.monotonic() + max_seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while queue and time.monotonic() < stop_at:
+            j = queue.pop()
+            name, i = jobs[j]
+            start = time.perf_counter()
+            try:
+                response = await http.post(
+                    f"{url}/v1/tasks/{name}/predict", json={"inputs": [inputs[name][i]]}
+                )
+            except httpx.HTTPError as exc:
+                lost.append({"job": j, "error": repr(exc)})
+                continue
+            latencies.append(time.perf_counter() - start)
+            if response.status_code != 200:
+                lost.append({"job": j, "status": response.status_code, "body": response.text[:200]})
+                continue
+            answered[j] += 1
+            (output,) = response.json()["outputs"]
+            if not same_answer(output, expected[name][i]):
+                owner = next(
+                    (k for k, want in enumerate(expected[name]) if k != i and same_answer(output, want)), None
+                )
+                (foreign if owner is not None else wrong).append({"job": j, "task": name, "input": i})
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+    seconds = time.perf_counter() - started
+    sent = sum(1 for j in range(len(jobs)) if j not in set(queue))
+    ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return {
+        "requests": sent,
+        "answered": sum(answered),
+        "seconds": round(seconds, 3),
+        "throughput_rps": round(sum(answered) / seconds, 2),
+        "latency_ms": {
+            "p50": round(float(np.percentile(ms, 50)), 2),
+            "p90": round(float(np.percentile(ms, 90)), 2),
+            "p99": round(float(np.percentile(ms, 99)), 2),
+            "max": round(float(ms.max()), 2),
+        },
+        "wrong": len(wrong),
+        "lost": len(lost),
+        "duplicated_or_swapped": len(foreign),
+        "failures": (wrong + lost + foreign)[:10],
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], log: Path, start_timeout: float = 300):
+    """A ``ptv2 serve`` process on a free loopback port; yields its URL, ends it with SIGTERM."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "ptuning_v2.cli.main",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with log.open("w") as out:
+        process = subprocess.Popen(command + args, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"ptv2 serve exited with {process.returncode}; see {log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ptv2 serve did not start in {start_timeout:.0f} s; see {log}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def run_load_test(
+    checkpoints: dict[str, str],
+    output_dir: Path,
+    clients: int = 16,
+    requests: int = 640,
+    inputs_per_task: int = 32,
+    max_seconds: float = 120.0,
+    server_args: list[str] | None = None,
+    command: str = "",
+) -> dict[str, Any]:
+    """Both modes, one after the other; writes ``load.json`` and ``load.md`` in ``output_dir``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    inputs = {name: sample_inputs(path, inputs_per_task) for name, path in checkpoints.items()}
+    expected = expected_answers(checkpoints, inputs)
+    names = list(checkpoints)
+    jobs = [(names[j % len(names)], (j // len(names)) % inputs_per_task) for j in range(requests)]
+    base = ["--prompts", *checkpoints.values(), "--names", *names, *(server_args or [])]
+    modes = {}
+    for mode, extra in (("batching", []), ("no_batching", ["--no-batching"])):
+        with server_process(base + extra, output_dir / f"server_{mode}.log") as url:
+            warm = [(name, i) for name in names for i in range(4)]
+            asyncio.run(measure(url, warm, inputs, expected, clients, max_seconds))
+            before = httpx.get(f"{url}/health").json()["batches"]
+            result = asyncio.run(measure(url, jobs, inputs, expected, clients, max_seconds))
+            result["batches"] = httpx.get(f"{url}/health").json()["batches"] - before
+            result["requests_per_batch"] = round(result["answered"] / max(result["batches"], 1), 2)
+        modes[mode] = result
+    on, off = modes["batching"], modes["no_batching"]
+    report = {
+        "command": command,
+        "tasks": {name: str(path) for name, path in checkpoints.items()},
+        "clients": clients,
+        "requests": requests,
+        "max_seconds": max_seconds,
+        "server_args": server_args or [],
+        "cpu_count": os.cpu_count(),
+        "modes": modes,
+        "throughput_ratio": round(on["throughput_rps"] / max(off["throughput_rps"], 1e-9), 2),
+        "p99_ratio": round(on["latency_ms"]["p99"] / max(off["latency_ms"]["p99"], 1e-9), 2),
+        "all_correct": all(m["wrong"] == m["lost"] == m["duplicated_or_swapped"] == 0 for m in modes.values())
+        and all(m["answered"] == requests for m in modes.values()),
+    }
+    write_json_atomic(output_dir / "load.json", report)
+    write_text_atomic(output_dir / "load.md", markdown(report))
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows = [
+        "| mode | requests answered | wrong / lost / swapped | throughput (req/s) | p50 ms | p99 ms | requests per batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, m in report["modes"].items():
+        rows.append(
+            f"| {mode.replace('_', ' ')} | {m['answered']} / {m['requests']} | {m['wrong']} / {m['lost']} / "
+            f"{m['duplicated_or_swapped']} | {m['throughput_rps']:.1f} | {m['latency_ms']['p50']:.1f} | "
+            f"{m['latency_ms']['p99']:.1f} | {m['requests_per_batch']:.2f} |"
+        )
+    return "\n".join(
+        [
+            "# ptv2 serve load test",
+            "",
+            f"`{report['command']}`",
+            "",
+            f"{report['clients']} concurrent closed-loop clients on loopback, {report['requests']} one-input "
+            f"requests over the tasks {', '.join(report['tasks'])} in turn, {report['cpu_count']} CPU cores "
+            "shared by server and clients. Every answer is checked against the task's own prediction for "
+            "that input alone.",
+            "",
+            *rows,
+            "",
+            f"Dynamic batching: **{report['throughput_ratio']:.2f}x** the throughput of one request at a "
+            f"time, p99 latency **{report['p99_ratio']:.2f}x**; every answer correct: "
+            f"**{report['all_correct']}**.",
+            "",
+        ]
+    )

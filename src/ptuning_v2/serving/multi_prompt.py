@@ -1,0 +1,228 @@
+"""One frozen backbone, many trained prompts: each task is a prompt of kilobytes and a small head.
+
+``MultiPromptModel`` loads checkpoint folders onto one backbone (each checked against the backbone's
+fingerprint), adds and removes them at run time, and runs **mixed-task batches**: one backbone pass
+in which every row gets its own task's prefixes, followed by each task's head on its own rows.
+
+Prompts of different lengths share a batch by padding each layer's prefix to the longest one and
+masking the unused positions per row (a task with no prompt at some layer has every position there
+masked), so a row's result does not depend on its neighbours.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptuning_v2.injection.attention import PROMPTS_KWARG, Delivery, PrefixInjector
+from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
+from ptuning_v2.prompts.model import DeepPromptModel, decoder_positions
+from ptuning_v2.tasks.base import Task, encoder_inputs, get_task
+from ptuning_v2.training.checkpoint import CheckpointError, read_checkpoint_meta
+from ptuning_v2.training.recipe import attach_trained
+
+SHAREABLE_METHODS = ("ptuning_v2", "prefix_tuning", "linear_probe")
+"""Methods that leave the backbone untouched, so their checkpoints can share it."""
+
+
+class UnknownTaskError(KeyError):
+    """A request names a task that is not loaded."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class TaskEntry:
+    """One loaded task: its task object (tokenisation, labels, decoding) and task model (prompt + head)."""
+
+    name: str
+    task: Task
+    model: nn.Module
+    checkpoint: Path
+    meta: dict[str, Any]
+
+    @property
+    def encoder(self) -> DeepPromptModel | None:
+        encoder = getattr(self.model, "encoder", None)
+        return encoder if isinstance(encoder, DeepPromptModel) else None
+
+    def prompts(self) -> dict[str, torch.Tensor]:
+        """``[length, width]`` per prompted slot (none for a linear probe); cached in eval mode."""
+        return self.encoder.prompt() if self.encoder is not None else {}
+
+    @property
+    def prompt_length(self) -> int:
+        """The longest per-layer prompt (0 for a linear probe)."""
+        return max((n for n, _ in self.encoder.prompt.shapes.values()), default=0) if self.encoder else 0
+
+    @property
+    def position_offset(self) -> int:
+        return self.encoder.position_offset if self.encoder is not None else 0
+
+
+def _task_name(directory: Path) -> str:
+    """``runs/sentiment/checkpoint`` -> ``sentiment``; any other folder -> its own name."""
+    return directory.parent.name if directory.name == "checkpoint" else directory.name
+
+
+class MultiPromptModel:
+    """A frozen backbone serving any number of prompted tasks, alone or in mixed-task batches."""
+
+    def __init__(
+        self, model: str, backbone: nn.Module, tokenizer: Any, device: str | torch.device | None = None
+    ) -> None:
+        self.model_name = model
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.backbone = backbone.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.fingerprint = backbone_fingerprint(backbone)
+        self.kind: str | None = None
+        self.injector = PrefixInjector(backbone, ["self", "decoder_self", "cross"])
+        self.slots = {slot.name: slot for slot in self.injector.slots}
+        self.tasks: dict[str, TaskEntry] = {}
+        self._lock = threading.Lock()  # adding and removing vs. reading the task table
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        checkpoints: Mapping[str, str | Path] | Sequence[str | Path],
+        device: str | torch.device | None = None,
+        model: str | None = None,
+    ) -> MultiPromptModel:
+        """Load the backbone the checkpoints were trained on (or ``model``) once, then every checkpoint.
+
+        A list names each task after its folder (``runs/x/checkpoint`` -> ``x``)."""
+        if not isinstance(checkpoints, Mapping):
+            checkpoints = {_task_name(Path(c)): c for c in checkpoints}
+        if not checkpoints and model is None:
+            raise ValueError("give at least one checkpoint folder, or the model to serve")
+        first = read_checkpoint_meta(next(iter(checkpoints.values()))) if checkpoints else None
+        model = model or first["run_config"]["model"]
+        kind = get_task(first["task"]).backbone_kind if first else "encoder"
+        options = (first["run_config"].get("model_options") or None) if first else None
+        backbone = load_backbone(model, kind, options=options)
+        multi = cls(model, backbone, load_tokenizer(model), device)
+        multi.kind = kind
+        for name, directory in checkpoints.items():
+            multi.add(name, directory)
+        return multi
+
+    def add(self, name: str, checkpoint: str | Path) -> TaskEntry:
+        """Load a checkpoint folder under ``name``; the backbone is not reloaded."""
+        checkpoint = Path(checkpoint)
+        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ValueError(f"task name {name!r}: use letters, digits, '-', '_' or '.'")
+        if name in self.tasks:
+            raise ValueError(f"a task named {name!r} is already loaded; remove it first")
+        meta = read_checkpoint_meta(checkpoint)
+        if meta["method"] not in SHAREABLE_METHODS:
+            raise CheckpointError(
+                f"{checkpoint}: method {meta['method']!r} changes the backbone's weights, so it cannot share "
+                f"one backbone; shareable methods: {', '.join(SHAREABLE_METHODS)}"
+            )
+        kind = get_task(meta["task"]).backbone_kind
+        if self.kind is not None and kind != self.kind:
+            raise CheckpointError(f"{checkpoint}: a {kind} task cannot share a {self.kind} backbone")
+        task, model = attach_trained(checkpoint, self.backbone, self.tokenizer, self.fingerprint)
+        entry = TaskEntry(name, task, model.to(self.device).eval(), checkpoint, meta)
+        if entry.encoder is not None and entry.encoder.prompt_config.mode != "prefix":
+            entry.encoder.remove()
+            raise CheckpointError(f"{checkpoint}: mixed-task batches need prompts in prompt.mode 'prefix'")
+        with self._lock:
+            self.kind = kind
+            self.tasks[name] = entry
+        return entry
+
+    def remove(self, name: str) -> None:
+        """Unload a task; the backbone and the other tasks stay as they are."""
+        with self._lock:
+            entry = self.entry(name)
+            del self.tasks[name]
+        if entry.encoder is not None:
+            entry.encoder.remove()
+
+    def entry(self, name: str) -> TaskEntry:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTaskError(f"unknown task {name!r}; loaded: {sorted(self.tasks)}") from None
+
+    def delivery(self, tasks: Sequence[str]) -> Delivery:
+        """Per-row prefixes for a batch whose row ``i`` belongs to ``tasks[i]``: each slot's prefix is padded
+        to the longest task's length and the unused positions of each row are masked out."""
+        entries = {name: self.entry(name) for name in dict.fromkeys(tasks)}
+        prompts = {name: entry.prompts() for name, entry in entries.items()}
+        if len(entries) == 1:
+            return self.injector.deliver(next(iter(prompts.values())))
+        rows = {name: [i for i, t in enumerate(tasks) if t == name] for name in entries}
+        per_row, masks = {}, {}
+        for slot in dict.fromkeys(s for p in prompts.values() for s in p):
+            longest = max(p[slot].shape[0] for p in prompts.values() if slot in p)
+            reference = next(p[slot] for p in prompts.values() if slot in p)
+            padded = reference.new_zeros(len(tasks), longest, reference.shape[-1])
+            mask = torch.zeros(len(tasks), longest, dtype=torch.bool, device=reference.device)
+            for name, prompt in prompts.items():
+                if slot in prompt:
+                    index = torch.tensor(rows[name], device=reference.device)
+                    padded[index, : prompt[slot].shape[0]] = prompt[slot]
+                    mask[index, : prompt[slot].shape[0]] = True
+            per_row[slot], masks[slot] = padded, mask
+        return self.injector.deliver(per_row, masks)
+
+    def _inputs(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str], keys: Sequence[str]) -> dict:
+        inputs = {k: batch[k].to(self.device) for k in keys if k in batch}
+        if self.kind == "causal_lm":
+            offsets = torch.tensor([self.entry(t).position_offset for t in tasks], device=self.device)
+            inputs = decoder_positions(inputs, offsets)
+        return inputs
+
+    @torch.no_grad()
+    def run(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str]) -> list[dict[str, torch.Tensor]]:
+        """One backbone pass over a padded batch whose row ``i`` belongs to ``tasks[i]``; each task's head then
+        runs on its own rows. Returns, per row, that row's task-model outputs (``logits``, ...)."""
+        if len(tasks) != batch["input_ids"].shape[0]:
+            raise ValueError(f"{len(tasks)} task names for a batch of {batch['input_ids'].shape[0]} rows")
+        if self.kind != "encoder":
+            raise ValueError("run() serves encoder tasks; generation tasks use generate()")
+        outputs = self.backbone(
+            **self._inputs(batch, tasks, list(encoder_inputs(batch))), **{PROMPTS_KWARG: self.delivery(tasks)}
+        )
+        results: list[dict[str, torch.Tensor]] = [{} for _ in tasks]
+        for name in dict.fromkeys(tasks):
+            rows = [i for i, t in enumerate(tasks) if t == name]
+            index = torch.tensor(rows, device=self.device)
+            own = type(outputs)(**{k: v[index] for k, v in outputs.items() if isinstance(v, torch.Tensor)})
+            own_batch = {k: v.to(self.device)[index] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            head = self.entry(name).model.from_outputs(own, own_batch)
+            for j, row in enumerate(rows):
+                results[row] = {k: v[j] for k, v in head.items() if k != "loss"}
+        return results
+
+    @torch.no_grad()
+    def generate(
+        self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str], **options: Any
+    ) -> list[list[int]]:
+        """Generated token ids per row, every row with its own task's prompt (one ``generate`` call).
+
+        Decoder-only models take the left-padded ``input_ids``/``attention_mask`` and return the new tokens;
+        encoder-decoders return the decoder's tokens."""
+        if self.kind == "encoder":
+            raise ValueError("generate() needs a generation backbone (causal_lm or seq2seq tasks)")
+        inputs = self._inputs(batch, tasks, ["input_ids", "attention_mask"])
+        out = self.backbone.generate(**inputs, **options, **{PROMPTS_KWARG: self.delivery(tasks)})
+        if self.kind == "causal_lm":
+            out = out[:, inputs["input_ids"].shape[1] :]
+        return out.tolist()
+
+    def close(self) -> None:
+        """Unload every task and give the backbone back as it was."""
+        for name in list(self.tasks):
+            self.remove(name)
+        self.injector.remove()

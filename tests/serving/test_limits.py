@@ -1,0 +1,169 @@
+"""The server's limits and shutdown, on the real app served by uvicorn over loopback HTTP in this process
+(several configurations without a process start each): overlong inputs refused, a full queue answered
+503, a graceful shutdown that answers the requests it accepted, and batching off."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from conftest import free_port
+
+from ptuning_v2.config import RunConfig
+from ptuning_v2.serving.app import ServeConfig, create_app
+from ptuning_v2.serving.multi_prompt import MultiPromptModel
+from ptuning_v2.training.recipe import train_run
+
+LONG = " ".join(["the movie was great"] * 20)
+
+
+class InProcessServer:
+    def __init__(self, multi: MultiPromptModel, config: ServeConfig) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = int(self.url.rsplit(":", 1)[1])
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(multi, config), host="127.0.0.1", port=port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """What uvicorn does on SIGTERM: stop accepting, finish the open requests, shut the app down."""
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def multi(checkpoints: dict[str, Path]) -> MultiPromptModel:
+    return MultiPromptModel.from_checkpoints(checkpoints, device="cpu")
+
+
+def expected(multi: MultiPromptModel, name: str, text: str) -> dict:
+    entry = multi.tasks[name]
+    (prediction,) = entry.task.predict(entry.model, [text])
+    return prediction
+
+
+def test_overlong_inputs_refused_with_their_index(multi) -> None:
+    server = InProcessServer(multi, ServeConfig(overlong="refuse"))
+    try:
+        url = f"{server.url}/v1/tasks/sentiment/predict"
+        response = httpx.post(url, json={"inputs": ["good", LONG]})
+        assert response.status_code == 422
+        message = response.json()["error"]["message"]
+        assert "input(s) [1]" in message and "train.max_length=16" in message and "refuses" in message
+        response = httpx.post(url, json={"inputs": ["good"]})
+        assert response.status_code == 200 and response.json()["outputs"][0]["text"] == "good"
+    finally:
+        server.stop()
+
+
+def test_full_queue_is_503_and_shutdown_answers_the_accepted_requests(multi) -> None:
+    server = InProcessServer(multi, ServeConfig(max_queue=2, max_wait_ms=1500))
+    jobs = [("sentiment", "the movie was great"), ("ner", "John met Mary in Paris.")]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        accepted = [
+            pool.submit(
+                httpx.post, f"{server.url}/v1/tasks/{name}/predict", json={"inputs": [text]}, timeout=60
+            )
+            for name, text in jobs
+        ]
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{server.url}/health").json()["in_flight"] < 2:
+            assert time.monotonic() < deadline, "the two requests never arrived"
+            time.sleep(0.01)
+        # both wait (up to 1.5 s) for their batch to fill: the queue is full
+        refused = httpx.post(f"{server.url}/v1/tasks/topic/predict", json={"inputs": ["the actor"]})
+        assert refused.status_code == 503 and "queue is full" in refused.json()["error"]["message"]
+        server.stop()  # while both are still waiting
+        for future, (name, text) in zip(accepted, jobs, strict=True):
+            response = future.result()
+            assert response.status_code == 200, response.text
+            assert response.json()["outputs"] == [expected(multi, name, text)]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/health")
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_concurrent_clients_with_batching_on_and_off(multi, batching) -> None:
+    server = InProcessServer(multi, ServeConfig(batching=batching, max_wait_ms=5))
+    texts = {
+        "sentiment": ["the movie was great", "awful"],
+        "topic": ["paris", "mary"],
+        "ner": ["John in Paris"],
+    }
+    jobs = [(name, text) for _ in range(6) for name, items in texts.items() for text in items]
+    try:
+        with httpx.Client(timeout=60) as client:
+
+            def ask(job: tuple[str, str]) -> dict:
+                response = client.post(f"{server.url}/v1/tasks/{job[0]}/predict", json={"inputs": [job[1]]})
+                assert response.status_code == 200, response.text
+                return response.json()["outputs"][0]
+
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                answers = list(pool.map(ask, jobs))
+        batches = httpx.get(f"{server.url}/health").json()["batches"]
+    finally:
+        server.stop()
+    for (name, text), answer in zip(jobs, answers, strict=True):
+        want = expected(multi, name, text)
+        assert {k: v for k, v in answer.items() if k not in ("score", "probabilities")} == {
+            k: v for k, v in want.items() if k not in ("score", "probabilities")
+        }
+        if "score" in want:
+            assert answer["score"] == pytest.approx(want["score"], abs=1e-5)
+    assert (batches < len(jobs)) if batching else (batches == len(jobs))
+
+
+def test_generation_tasks_share_one_generate_call(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """Two causal-LM prompts (k = 4 and 8) asked at once: one mixed batch, the tokens of each alone."""
+    lines = [json.dumps({"source": s, "target": "great movie"}) for s in ["the movie", "a bad plot"] * 4]
+    (tmp_path / "gen.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = {"train": str(tmp_path / "gen.jsonl"), "validation": str(tmp_path / "gen.jsonl")}
+    checkpoints = {}
+    for name, length in (("short", 4), ("long", 8)):
+        run = RunConfig.from_dict(
+            {
+                "model": str(tiny_llama_dir),
+                "task": "causal_lm",
+                "data": data,
+                "prompt": {"num_virtual_tokens": length},
+                "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2, "lr": 0.3},
+                "task_options": {"max_new_tokens": 4},
+            }
+        )
+        train_run(run, tmp_path / name, show_progress=False, evaluate_test=False)
+        checkpoints[name] = tmp_path / name / "checkpoint"
+    multi = MultiPromptModel.from_checkpoints(checkpoints, device="cpu")
+    server = InProcessServer(multi, ServeConfig(max_wait_ms=500))
+    jobs = [("short", ["the movie", {"source": "a bad plot"}]), ("long", ["the movie", "a good plot"])]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            responses = list(
+                pool.map(
+                    lambda job: httpx.post(
+                        f"{server.url}/v1/tasks/{job[0]}/predict", json={"inputs": job[1]}, timeout=60
+                    ),
+                    jobs,
+                )
+            )
+        batches = httpx.get(f"{server.url}/health").json()["batches"]
+    finally:
+        server.stop()
+    assert batches == 1
+    for (name, inputs), response in zip(jobs, responses, strict=True):
+        assert response.status_code == 200, response.text
+        entry = multi.tasks[name]
+        assert response.json()["outputs"] == entry.task.predict(entry.model, inputs)

@@ -1,0 +1,175 @@
+"""Many prompts on one backbone: mixed-task batches give each row what its task gives alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ptuning_v2.config import RunConfig
+from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
+from ptuning_v2.serving.multi_prompt import MultiPromptModel, UnknownTaskError
+from ptuning_v2.tasks.base import get_task
+from ptuning_v2.training.checkpoint import CheckpointError, save_checkpoint
+from ptuning_v2.training.recipe import build_model
+
+TEXTS = [
+    "the movie was good",
+    "a bad plot",
+    "john went to paris with mary",
+    "what a fine and very funny film",
+]
+
+
+def make_checkpoint(
+    model_dir: Path, directory: Path, task: str, prompt: dict[str, Any], state: dict[str, Any], seed: int
+) -> Path:
+    """A checkpoint folder as training writes it, with random prompts and head (large, so they matter)."""
+    run = RunConfig.from_dict({"model": str(model_dir), "task": task, "prompt": {**prompt, "init_std": 0.5}})
+    task_obj = get_task(task)(run, load_tokenizer(str(model_dir)))
+    task_obj.load_state(state)
+    backbone = load_backbone(str(model_dir), task_obj.backbone_kind)
+    torch.manual_seed(seed)
+    model = build_model(run, task_obj, backbone, task_obj.tokenizer)
+    save_checkpoint(
+        directory / "checkpoint", model, run_config=run.to_dict(), task_state=task_obj.state(),
+        backbone_fingerprint=backbone_fingerprint(backbone),
+    )  # fmt: skip
+    return directory / "checkpoint"
+
+
+@pytest.fixture(scope="module")
+def encoder_tasks(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("encoder_tasks")
+    ner_state = {"labels": ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"], "scheme": "IOB2"}
+    return {
+        "sentiment": make_checkpoint(tiny_bert_dir, root / "sentiment", "classification",
+                                     {"num_virtual_tokens": 8}, {"labels": ["neg", "pos"]}, 1),
+        "topic": make_checkpoint(tiny_bert_dir, root / "topic", "classification",  # no prompt at layer 0
+                                 {"num_virtual_tokens": 32, "layers": [1]}, {"labels": ["a", "b", "c"]}, 2),
+        "entities": make_checkpoint(tiny_bert_dir, root / "entities", "ner", {"num_virtual_tokens": 5},
+                                    ner_state, 3),
+    }  # fmt: skip
+
+
+def encode(multi: MultiPromptModel, texts: list[str]) -> dict[str, torch.Tensor]:
+    return dict(multi.tokenizer(texts, padding=True, return_tensors="pt"))
+
+
+def alone(multi: MultiPromptModel, task: str, texts: list[str]) -> torch.Tensor:
+    with torch.no_grad():
+        return multi.tasks[task].model(encode(multi, texts))["logits"]
+
+
+@pytest.mark.parametrize(
+    "tasks",
+    [
+        ["sentiment", "topic", "topic", "sentiment"],  # (a) k = 8 and k = 32 (on layer 1 only)
+        ["sentiment", "entities", "topic", "entities"],  # (b) classification and NER rows interleaved
+    ],
+)
+def test_mixed_batch_rows_equal_each_task_alone(encoder_tasks: dict[str, Path], tasks: list[str]) -> None:
+    multi = MultiPromptModel.from_checkpoints(encoder_tasks)
+    mixed = multi.run(encode(multi, TEXTS), tasks)
+    lengths = encode(multi, TEXTS)["attention_mask"].sum(-1)
+    for name in set(tasks):
+        rows = [i for i, t in enumerate(tasks) if t == name]
+        expected = alone(multi, name, [TEXTS[i] for i in rows])
+        assert expected.shape[-1] == {"sentiment": 2, "topic": 3, "entities": 5}[name]
+        for j, row in enumerate(rows):
+            got, want = mixed[row]["logits"], expected[j]
+            if name == "entities":  # per token: compare the row's real tokens
+                got, want = got[: lengths[row]], want[: lengths[row]]
+            assert (got - want).abs().max() <= 1e-5
+    # and the prompts matter: the same text under two tasks' prompts differs
+    a = multi.run(encode(multi, TEXTS[:1] * 2), ["sentiment", "topic"])
+    assert a[0]["logits"].shape != a[1]["logits"].shape or not torch.allclose(a[0]["logits"], a[1]["logits"])
+
+
+def test_add_and_remove_at_run_time(
+    encoder_tasks: dict[str, Path], tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    multi = MultiPromptModel.from_checkpoints([encoder_tasks["sentiment"]])
+    assert list(multi.tasks) == ["sentiment"]
+    backbone = multi.backbone
+    before = alone(multi, "sentiment", TEXTS)
+    multi.add("topic", encoder_tasks["topic"])
+    assert multi.backbone is backbone and multi.tasks["topic"].prompt_length == 32
+    multi.remove("sentiment")
+    with pytest.raises(UnknownTaskError, match="unknown task 'sentiment'"):
+        multi.run(encode(multi, TEXTS[:1]), ["sentiment"])
+    multi.add("sentiment", encoder_tasks["sentiment"])
+    torch.testing.assert_close(alone(multi, "sentiment", TEXTS), before, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="already loaded"):
+        multi.add("topic", encoder_tasks["topic"])
+    # a prompt made for another backbone is refused
+    other = tmp_path / "other_bert"
+    changed = load_backbone(str(tiny_bert_dir), "encoder")
+    with torch.no_grad():
+        changed.embeddings.word_embeddings.weight.mul_(1.01)
+    changed.save_pretrained(other)
+    load_tokenizer(str(tiny_bert_dir)).save_pretrained(other)
+    foreign = make_checkpoint(other, tmp_path / "foreign", "classification", {"num_virtual_tokens": 4},
+                              {"labels": ["x", "y"]}, 4)  # fmt: skip
+    with pytest.raises(CheckpointError, match="trained on backbone"):
+        multi.add("foreign", foreign)
+    multi.close()
+    assert not hasattr(backbone, "_ptv2_installs")
+
+
+@pytest.fixture(scope="module")
+def decoder_tasks(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("decoder_tasks")
+    return {
+        "short": make_checkpoint(tiny_llama_dir, root / "short", "causal_lm", {"num_virtual_tokens": 3}, {}, 5),
+        "long": make_checkpoint(tiny_llama_dir, root / "long", "causal_lm",
+                                {"num_virtual_tokens": 12, "layers": [0]}, {}, 6),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("beams", [1, 2])
+def test_mixed_left_padded_generation_equals_each_task_alone(
+    decoder_tasks: dict[str, Path], beams: int
+) -> None:
+    multi = MultiPromptModel.from_checkpoints(decoder_tasks)
+    multi.tokenizer.padding_side = "left"
+    texts = ["the movie was", "a very long and boring story about", "paris is", "i like the"]
+    tasks = ["short", "long", "long", "short"]
+    options = {"max_new_tokens": 6, "do_sample": False, "num_beams": beams,
+               "pad_token_id": multi.tokenizer.pad_token_id}  # fmt: skip
+    mixed = multi.generate(encode(multi, texts), tasks, **options)
+    for name in ("short", "long"):
+        rows = [i for i, t in enumerate(tasks) if t == name]
+        batch = encode(multi, [texts[i] for i in rows])
+        batch.pop("token_type_ids")
+        out = multi.tasks[name].encoder.generate(**batch, **options)[:, batch["input_ids"].shape[1] :]
+        assert [mixed[i] for i in rows] == out.tolist()
+    assert mixed[0] != mixed[1] or mixed[2] != mixed[3]  # the two tasks' prompts do differ in effect
+
+
+@pytest.mark.slow
+def test_mixed_generation_on_the_real_smollm2(tmp_path: Path) -> None:
+    from ptuning_v2.benchmarks.multitask import random_checkpoint
+
+    torch.manual_seed(0)
+    checkpoints = {
+        name: random_checkpoint("smollm2", tmp_path / name, "causal_lm", length, {})
+        for name, length in (("short", 4), ("long", 16))
+    }
+    multi = MultiPromptModel.from_checkpoints(checkpoints)
+    with torch.no_grad():  # prompts large enough to change what the model says
+        for entry in multi.tasks.values():
+            for param in entry.encoder.prompt.parameters():
+                param.normal_(0, 1.0)
+    multi.tokenizer.padding_side = "left"
+    texts = ["The capital of France is", "Write one word about the sea:", "2 + 2 =", "My favourite colour is"]
+    tasks = ["short", "long", "long", "short"]
+    options = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": multi.tokenizer.pad_token_id}
+    mixed = multi.generate(encode(multi, texts), tasks, **options)
+    for name in ("short", "long"):
+        rows = [i for i, t in enumerate(tasks) if t == name]
+        batch = encode(multi, [texts[i] for i in rows])
+        out = multi.tasks[name].encoder.generate(**batch, **options)[:, batch["input_ids"].shape[1] :]
+        assert [mixed[i] for i in rows] == out.tolist()

@@ -1,0 +1,132 @@
+"""Sharded training through Accelerate's FSDP2: 2 CPU processes (gloo) match one process, same global batch.
+
+Accelerate enables FSDP only for accelerator back-ends (its state picks MULTI_CPU, never FSDP, without a
+GPU). The launcher below changes exactly that choice, so the rest runs as on GPUs: the example config
+``configs/accelerate/fsdp.yaml`` read by ``accelerate launch``, Accelerate's ``fully_shard`` wrapping of
+the backbone's layers, the trainer, checkpoints. benchmarks/gpu_check.sh runs it unpatched on GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from ptuning_v2.config import RunConfig
+from ptuning_v2.training.recipe import train_run
+
+REPO = Path(__file__).resolve().parents[2]
+FSDP_CONFIG = REPO / "configs" / "accelerate" / "fsdp.yaml"
+
+# Runs in each process that `accelerate launch` starts: FSDP on gloo, then the ordinary CLI.
+LAUNCHER = """
+import json, os, runpy, sys
+import torch.distributed as dist
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType
+from torch.distributed.tensor import DTensor
+
+PartialState._prepare_backend = lambda self, cpu=False, sagemaker_dp=False, backend=None: (
+    "gloo", DistributedType.MULTI_GPU)
+os.environ["ACCELERATE_TORCH_DEVICE"] = "cpu"
+dist.init_process_group("gloo")
+
+import ptuning_v2.training.sharding as sharding
+import ptuning_v2.training.trainer as trainer
+prepare = sharding.prepare_for_training
+
+def recording_prepare(accelerator, model, optimizer, cfg):
+    model, optimizer = prepare(accelerator, model, optimizer, cfg)
+    params = list(model.named_parameters())
+    report = {
+        "fsdp2": accelerator.is_fsdp2,
+        "sharded_frozen": sum(isinstance(p, DTensor) and not p.requires_grad for _, p in params),
+        "frozen": sum(not p.requires_grad for _, p in params),
+        "whole_trained": sum(not isinstance(p, DTensor) and p.requires_grad for _, p in params),
+        "trained": sum(p.requires_grad for _, p in params),
+    }
+    with open(os.environ["FSDP_REPORT"] + f".{accelerator.process_index}", "w") as f:
+        json.dump(report, f)
+    return model, optimizer
+
+trainer.prepare_for_training = recording_prepare
+sys.argv = ["ptv2", *sys.argv[1:]]
+runpy.run_module("ptuning_v2.cli.main", run_name="__main__")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dropout_free_bert(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT without dropout, so two runs can agree to float round-off."""
+    directory = tmp_path_factory.mktemp("bert_no_dropout")
+    torch.manual_seed(0)
+    config = BertConfig.from_pretrained(
+        tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    BertModel(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(directory)
+    return directory
+
+
+def test_fsdp_two_processes_match_one_process(
+    dropout_free_bert: Path, sentiment_csvs: dict[str, Path], tmp_path: Path
+) -> None:
+    config = {
+        "model": str(dropout_free_bert),
+        "data": {
+            **{k: str(v) for k, v in sentiment_csvs.items()},
+            "columns": {"text": "review", "label": "sentiment"},
+        },
+        "head": {"dropout": 0.0},
+        "train": {"max_steps": 4, "batch_size": 8, "eval_every": 2, "mixed_precision": "no"},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "launch.py").write_text(LAUNCHER)
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+        "--num_processes", "2", "--main_process_port", str(free_port()),
+        str(tmp_path / "launch.py"), "train", str(tmp_path / "run.yaml"),
+        "--output-dir", str(tmp_path / "fsdp"), "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FSDP_REPORT": str(tmp_path / "report")}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # Both processes trained under FSDP2: every frozen weight sharded, every trained one whole.
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"report.{rank}").read_text())
+        assert report["fsdp2"] is True
+        assert report["sharded_frozen"] == report["frozen"] > 0
+        assert report["whole_trained"] == report["trained"] == 4  # two layer prompts, head weight and bias
+    metrics = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 4
+
+    # One process, the same global batch (2 x 8): the same examples in each step.
+    single = RunConfig.from_dict({**config, "train": {**config["train"], "batch_size": 16}})
+    train_run(single, tmp_path / "single", show_progress=False)
+
+    sharded = load_file(str(tmp_path / "fsdp" / "checkpoint" / "adapter.safetensors"))
+    reference = load_file(str(tmp_path / "single" / "checkpoint" / "adapter.safetensors"))
+    assert sorted(sharded) == sorted(reference)
+    initial_distance = 0.0
+    for name, tensor in reference.items():
+        # Float round-off only (the mean over 16 examples taken as two means over 8, summed across
+        # processes): 4 Adam steps at lr 1e-2 keep the difference below 1e-5.
+        torch.testing.assert_close(sharded[name], tensor, rtol=0, atol=1e-5, msg=name)
+        initial_distance = max(initial_distance, float(tensor.abs().max()))
+    assert initial_distance > 0
