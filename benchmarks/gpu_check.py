@@ -8,6 +8,7 @@ that needs Python. Sub-commands:
                                       be fetched, else the same architecture with random weights in DIR
   data DIR                            print a causal_lm data spec: built-in aclsum, else synthetic JSONL
   config MODEL DATA OUT.yaml          a causal_lm P-Tuning v2 run config for them
+  prepare DIR                         all three: DIR/decoder.txt, encoder.txt, data.txt, causal.yaml
   train NAME CONFIG OUT.json [--set k=v ...]
                                       train_run in this process (or each process of a launcher), then
                                       write loss, time, steps/s and peak GPU memory (rank 0)
@@ -166,19 +167,21 @@ def config(model_spec: str, data_spec: str, out: str) -> None:
 
 def train(name: str, config_path: str, out: str, overrides: list[str]) -> None:
     import torch
+    from accelerate import PartialState
 
-    from ptuning_v2.config import load_run_config
+    from ptuning_v2.methods import load_run_config
     from ptuning_v2.training.recipe import train_run
 
     run = load_run_config(config_path, overrides)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    metrics = train_run(run, Path(out).parent / "runs" / name, show_progress=False, overwrite=True)
+    run_dir = Path(os.environ.get("GPU_CHECK_WORK", "/tmp/ptv2_gpu_check")) / "runs" / name
+    metrics = train_run(run, run_dir, show_progress=False, overwrite=True)
     seconds = time.perf_counter() - started
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    log = Path(out).parent / "runs" / name / "log.jsonl"
+    log = run_dir / "log.jsonl"
     losses = [r["loss"] for r in map(json.loads, log.read_text().splitlines()) if r.get("type") == "train"]
     steps = metrics.get("steps") or 0
     write_json(
@@ -201,11 +204,30 @@ def train(name: str, config_path: str, out: str, overrides: list[str]) -> None:
             else None,
             "mixed_precision": metrics.get("mixed_precision"),
             "num_processes": metrics.get("num_processes"),
+            "distributed_type": str(PartialState().distributed_type),
             "trainable_params": metrics.get("trainable_params"),
             "total_params": metrics.get("total_params"),
-            "dev": {k: v for k, v in (metrics.get("dev") or {}).items() if not isinstance(v, dict)},
+            "dev": {k: v for k, v in (metrics.get("dev") or {}).items() if isinstance(v, int | float | str)},
         },
     )
+
+
+def prepare(directory: str) -> None:
+    """Models, data and the run config for the training stages, named in DIR/{decoder,encoder}.txt."""
+    import contextlib
+    import io
+
+    for name, make in (
+        ("decoder", lambda: model("smollm2", directory)),
+        ("encoder", lambda: model("minilm", directory)),
+        ("data", lambda: data(directory)),
+    ):
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            make()
+        (Path(directory) / f"{name}.txt").write_text(buffer.getvalue().strip().splitlines()[-1] + "\n")
+    read = {n: (Path(directory) / f"{n}.txt").read_text().strip() for n in ("decoder", "data")}
+    config(read["decoder"], read["data"], str(Path(directory) / "causal.yaml"))
 
 
 def summary(directory: str) -> None:
@@ -229,7 +251,8 @@ def main(argv: list[str]) -> None:
         overrides = [rest[i + 1] for i in range(0, len(rest), 2) if rest[i] == "--set"]
         train(name, config_path, out, overrides)
     else:
-        {"env": env, "model": model, "data": data, "config": config, "summary": summary}[command](*args)
+        commands = {"env": env, "model": model, "data": data, "config": config, "prepare": prepare}
+        {**commands, "summary": summary}[command](*args)
 
 
 if __name__ == "__main__":

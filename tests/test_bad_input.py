@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ptuning_v2.cli.main import main
-from ptuning_v2.config import ConfigError, RunConfig, check_eval_overrides, load_run_config
+from ptuning_v2.config import ConfigError, RunConfig, check_eval_overrides
+from ptuning_v2.methods import load_run_config
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:

@@ -1,4 +1,8 @@
-"""Run configuration: YAML files are data, ``--set a.b=value`` overrides any field."""
+"""Run configuration: YAML files are data, ``--set a.b=value`` overrides any field.
+
+This module is the schema and knows no method: the chosen method's defaults (its learning rates) are
+put under the user's values by :func:`ptuning_v2.methods.load_run_config`, from the method registry.
+"""
 
 from __future__ import annotations
 
@@ -111,8 +115,8 @@ class TrainConfig:
     keep_states: int = 2
     """How many of the newest resumable states (OUTPUT_DIR/states/step-N) to keep."""
     gradient_checkpointing: bool = False
-    """Recompute the backbone's layers in the backward pass: less activation memory, about a third more
-    compute. Works with deep prompts (they travel with each layer call, so the recompute sees them)."""
+    """Recompute the backbone's layers in the backward pass: less activation memory for one more forward
+    pass of compute. Works with deep prompts (they travel with each layer call, so the recompute sees them)."""
     log_with: Literal["tensorboard"] | None = None
     """Also log loss, learning rate and dev metrics to TensorBoard (OUTPUT_DIR/tensorboard), via Accelerate."""
     max_seconds: float | None = None
@@ -122,18 +126,41 @@ class TrainConfig:
 
 @dataclass
 class LoraOptions:
-    """Method ``lora``: rank and scale of the low-rank updates."""
+    """Method ``lora``: rank, scale, dropout and the adapted projections of the low-rank updates."""
 
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.1
+    target_modules: list[str] | None = None
+    """Names of the linear layers to adapt (the last part of the module name, e.g. [query, key, value]);
+    null: the attention query/value projections, from PEFT's table for the model type."""
 
     def __post_init__(self) -> None:
-        if self.rank < 1 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(
-                f"lora needs rank >= 1, alpha > 0 and dropout in [0, 1); got rank {self.rank}, "
-                f"alpha {self.alpha}, dropout {self.dropout}"
+        _at_least("lora.rank", self.rank, 1)
+        if not self.alpha > 0:
+            raise ConfigError(f"lora.alpha: must be a positive number, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
+        if self.target_modules is not None and (
+            not self.target_modules or not all(isinstance(n, str) and n for n in self.target_modules)
+        ):
+            raise ConfigError(
+                f"lora.target_modules: expected a non-empty list of module names or null, got {self.target_modules!r}"
             )
+
+
+@dataclass
+class PtuningV1Options:
+    """Methods ``ptuning_v1`` / ``ptuning_v1_mlp``: the prompt encoder that produces the input prompt."""
+
+    encoder: Literal["lstm", "mlp"] | None = None
+    """bi-LSTM + MLP (the paper's) or the MLP alone; null: the method's own (lstm for ptuning_v1, mlp for
+    ptuning_v1_mlp)."""
+    hidden_size: int | None = None
+    """Hidden width of the encoder's MLP; null: prompt.reparam_hidden_size (512)."""
+
+    def __post_init__(self) -> None:
+        _at_least("ptuning_v1.hidden_size", self.hidden_size, 1, optional=True)
 
 
 @dataclass
@@ -148,6 +175,7 @@ class RunConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraOptions = field(default_factory=LoraOptions)
+    ptuning_v1: PtuningV1Options = field(default_factory=PtuningV1Options)
     task_options: dict[str, Any] = field(default_factory=dict)
     """Task-specific options (e.g. QA stride, generation templates)."""
     output_dir: str | None = None
@@ -166,28 +194,26 @@ class RunConfig:
 MAX_PROMPT_TOKENS = 1024
 """Longest prompt per layer a config may ask for. The paper's prompts are 4 to 256 tokens; far longer
 ones are a typo (``num_virtual_tokens: 100000`` is a 1.8 GB prompt on a small model)."""
-DEEP_PROMPT_METHODS = ("ptuning_v2", "prefix_tuning")
+
+
+def longest_prompt(prompt: DeepPromptConfig) -> int:
+    """The most prompt tokens any layer gets under ``prompt``'s lengths and schedule."""
+    if prompt.layer_lengths is not None:
+        return max(prompt.layer_lengths, default=0)
+    if prompt.length_schedule == "adaptive":
+        return min(prompt.max_length, max(prompt.min_length, math.ceil(1.8 * prompt.num_virtual_tokens)))
+    return prompt.num_virtual_tokens
 
 
 def check_prompt_size(run: RunConfig) -> None:
-    """Refuse a deep prompt with no tokens (it trains only the head: a linear probe under another
-    name) and prompts longer than :data:`MAX_PROMPT_TOKENS`."""
+    """Refuse prompts longer than :data:`MAX_PROMPT_TOKENS` (whether a method needs at least one token
+    is the method's own check, in its registry entry)."""
     prompt = run.prompt
-    if prompt.layer_lengths is not None:
-        longest = max(prompt.layer_lengths, default=0)
-    elif prompt.length_schedule == "adaptive":
-        longest = min(prompt.max_length, max(prompt.min_length, math.ceil(1.8 * prompt.num_virtual_tokens)))
-    else:
-        longest = prompt.num_virtual_tokens
+    longest = longest_prompt(prompt)
     if longest > MAX_PROMPT_TOKENS or prompt.num_virtual_tokens > MAX_PROMPT_TOKENS:
         raise ConfigError(
             f"prompt.num_virtual_tokens: {max(longest, prompt.num_virtual_tokens)} tokens per layer is above "
             f"the limit of {MAX_PROMPT_TOKENS} (P-Tuning v2 uses 4 to 256)"
-        )
-    if run.method in DEEP_PROMPT_METHODS and longest == 0:
-        raise ConfigError(
-            f"prompt.num_virtual_tokens: method {run.method} with a prompt of 0 tokens trains only the head; "
-            "set prompt.num_virtual_tokens >= 1, or use method: linear_probe"
         )
 
 
@@ -322,6 +348,7 @@ _NESTED: dict[tuple[str, str], type] = {
     ("RunConfig", "head"): HeadConfig,
     ("RunConfig", "train"): TrainConfig,
     ("RunConfig", "lora"): LoraOptions,
+    ("RunConfig", "ptuning_v1"): PtuningV1Options,
 }
 
 
@@ -362,35 +389,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run config (or start from defaults) and apply ``--set`` overrides."""
-    data = read_config_file(path) if path is not None else {}
-    data.pop("tune", None)  # the search space of ``ptv2 tune``; training does not use it
-    data = apply_overrides(data, overrides or [])
-    return RunConfig.from_dict(with_method_defaults(data), str(path) if path is not None else "defaults")
-
-
-def with_method_defaults(data: dict[str, Any]) -> dict[str, Any]:
-    """Put the chosen method's defaults (e.g. its learning rate) under the values the user set."""
-    from ptuning_v2.methods import METHODS, get_method  # methods import this module
-
-    name = data.get("method", RunConfig.method)
-    if not isinstance(name, str):
-        raise ConfigError(f"method: expected a method name, got {name!r}; known methods: {sorted(METHODS)}")
-    try:
-        defaults = get_method(name).defaults
-    except ValueError as exc:
-        raise ConfigError(f"method: {exc}{did_you_mean(name, METHODS)}") from exc
-    return deep_merge(defaults, data)
-
-
 def did_you_mean(name: str, known: typing.Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest known name, or nothing when none is close."""
     match = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
-MODEL_FIELDS = ("model", "model_options", "method", "task", "prompt", "head", "lora")
+MODEL_FIELDS = ("model", "model_options", "method", "task", "prompt", "head", "lora", "ptuning_v1")
 """Run-config sections that define the trained model: evaluating a checkpoint with one of them
 changed would evaluate a different model than the one trained (``head.pooling``: 0.42 instead of 0.92)."""
 

@@ -12,22 +12,20 @@ from ptuning_v2.serving.multi_prompt import MultiPromptModel
 
 def test_mixed_grouped_and_single_requests_agree(tiny_bert_dir: Path, tmp_path: Path) -> None:
     checkpoints = {
-        name: random_checkpoint(str(tiny_bert_dir), tmp_path / name, task, length, state)
+        name: random_checkpoint(
+            str(tiny_bert_dir), tmp_path / name, task, {"num_virtual_tokens": length}, state
+        )
         for name, (task, length, state) in TASKS.items()
     }
     multi = MultiPromptModel.from_checkpoints(checkpoints)
     texts = ["the movie was good", "a bad plot", "john went to paris", "what a fine and very funny film"] * 3
     requests = [(list(TASKS)[i % 4], text) for i, text in enumerate(texts)]
     fns = serve_functions(multi, requests, batch_size=5, max_length=16)
-    mixed, single, grouped = fns["mixed"](), fns["one_at_a_time"](), fns["grouped"]()
-    grouped_rows = {name: torch.cat([g for g in grouped if g.shape[-1] == len(TASKS[name][2]["labels"])])
-                    for name in TASKS}  # fmt: skip
-    seen = dict.fromkeys(TASKS, 0)
-    for (task, _), got, alone in zip(requests, mixed, single, strict=True):
-        n = alone.shape[1] if alone.dim() == 3 else None  # NER: compare the request's own tokens
-        torch.testing.assert_close(got["logits"][:n], alone[0][:n], atol=1e-5, rtol=0)
-        torch.testing.assert_close(grouped_rows[task][seen[task]][:n], alone[0][:n], atol=1e-5, rtol=0)
-        seen[task] += 1
+    answers = {name: fn() for name, fn in fns.items()}
+    for i, alone in enumerate(answers["one_at_a_time"]):
+        n = alone.shape[0] if alone.dim() == 2 else None  # NER: the request's own tokens
+        for way in ("mixed", "grouped"):
+            torch.testing.assert_close(answers[way][i][:n], alone[:n], atol=1e-5, rtol=0)
 
 
 def test_report_states_targets_from_the_measured_figures() -> None:

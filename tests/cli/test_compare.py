@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from ptuning_v2.cli.main import main
-from ptuning_v2.evaluation.compare import markdown_report
+from ptuning_v2.config import RunConfig
+from ptuning_v2.experiments.report import markdown_report
+from ptuning_v2.experiments.untuned import evaluate_untuned
 
 
 @pytest.fixture
@@ -67,6 +69,37 @@ def test_compare_runs_each_method_and_reports_a_failure(config_path: Path, tmp_p
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "runs" / "ptuning_v2" / "checkpoint" / "adapter.safetensors").is_file()
     assert "| prompt_tuning | failed |" in capsys.readouterr().out
+
+
+def test_the_untuned_baseline_is_a_row_scored_on_test_without_training(config_path: Path, tmp_path) -> None:
+    out = tmp_path / "out"
+    args = ["compare", str(config_path), "--methods", "untuned,linear_probe", "--output-dir", str(out)]
+    assert main(args) == 0
+    result = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    untuned, probe = result["methods"]
+    assert (untuned["method"], untuned["status"], probe["status"]) == ("untuned", "ok", "ok")
+    assert untuned["trainable_params"] == 0 and untuned["steps"] == 0 and untuned["dev"] == {}
+    assert "lr" not in untuned and not (out / "runs" / "untuned" / "checkpoint").exists()
+    # the child's numbers are those of the same evaluation in this process (same seed, same head)
+    stored = json.loads((out / "runs" / "untuned" / "run_config.json").read_text(encoding="utf-8"))
+    assert untuned["test"] == evaluate_untuned(RunConfig.from_dict(stored), tmp_path / "again")["test"]
+    table = (out / "comparison.md").read_text(encoding="utf-8")
+    assert table == markdown_report(result)
+    assert f"| untuned | ok | - | {untuned['test']['accuracy']:.4f} | 0 |" in table
+    assert "untuned: the frozen backbone" in table
+
+
+def test_progress_reaches_the_terminal_and_the_log(config_path: Path, tmp_path, capsys) -> None:
+    from ptuning_v2.experiments.runner import read_base_config, run_comparison
+
+    out = tmp_path / "out"
+    result = run_comparison(
+        read_base_config(config_path, []), ["linear_probe"], out, show_progress=True, source="c"
+    )
+    assert result["methods"][0]["status"] == "ok"
+    log = (out / "runs" / "linear_probe" / "train.log").read_bytes().decode()  # "\r" kept as written
+    assert "2/2" in log  # the child's progress bar reached its last step
+    assert log in capsys.readouterr().err
 
 
 def test_unknown_method_is_rejected_before_any_run(tmp_path, capsys) -> None:
@@ -166,7 +199,7 @@ def test_tune_gives_every_method_its_trials_before_the_test_run(config_path: Pat
 
 
 def test_a_failed_seed_fails_the_row_and_the_others_still_give_the_mean() -> None:
-    from ptuning_v2.evaluation.compare import aggregate
+    from ptuning_v2.experiments.runner import aggregate
 
     ok = {
         "status": "ok",

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ptuning_v2.cli.main import main
-from ptuning_v2.config import load_run_config
+from ptuning_v2.methods import load_run_config
 from ptuning_v2.training.curves import read_curve
 from ptuning_v2.training.recipe import train_run
 

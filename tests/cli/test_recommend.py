@@ -10,7 +10,8 @@ import yaml
 from ptuning_v2.cli.commands.recommend import choose, parse_count
 from ptuning_v2.cli.commands.suggest_config import GUIDANCE
 from ptuning_v2.cli.main import main
-from ptuning_v2.config import ConfigError, load_run_config
+from ptuning_v2.config import ConfigError
+from ptuning_v2.methods import load_run_config
 
 
 def recommend(capsys: pytest.CaptureFixture, tmp_path: Path, *argv: str) -> tuple[str, object]:

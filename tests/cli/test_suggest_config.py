@@ -8,7 +8,7 @@ from transformers import LlamaConfig
 
 from ptuning_v2.cli.commands.suggest_config import GUIDANCE
 from ptuning_v2.cli.main import main
-from ptuning_v2.config import load_run_config
+from ptuning_v2.methods import load_run_config
 from ptuning_v2.tasks import TASKS
 
 

@@ -12,7 +12,7 @@ import yaml
 from optuna.trial import TrialState
 
 from ptuning_v2.cli.main import main
-from ptuning_v2.config import load_run_config
+from ptuning_v2.methods import load_run_config
 
 
 def write_config(path: Path, model: Path, csvs: dict[str, Path], method: str, tune: dict, **train) -> Path:

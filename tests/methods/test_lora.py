@@ -80,3 +80,32 @@ def test_train_and_reload_gives_the_same_predictions(train_and_reload, tiny_bert
     metrics = train_and_reload("lora", tiny_bert_dir)
     head = HIDDEN * 2 + 2
     assert metrics["trainable_params"] == LAYERS * 2 * 2 * RANK * HIDDEN + head
+
+
+def test_target_modules_choose_the_adapted_layers(tiny_bert_dir) -> None:
+    lora = {"rank": 2, "target_modules": ["query", "key", "dense"]}
+    model = get_method("lora").build(
+        load_backbone(str(tiny_bert_dir), "encoder"),
+        RunConfig.from_dict({"method": "lora", "lora": lora}),
+        None,
+    )
+    adapted = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A" in n}
+    assert {name.rsplit(".", 1)[-1] for name in adapted} == {"query", "key", "dense"}
+
+    def low_rank(n_in: int, n_out: int) -> int:
+        return 2 * n_in + n_out * 2  # A is r x in, B is out x r
+
+    # per layer: query, key, the attention output's dense (32 -> 32), the intermediate (32 -> 64) and
+    # the output dense (64 -> 32); plus the pooler's dense (32 -> 32)
+    per_layer = 3 * low_rank(HIDDEN, HIDDEN) + low_rank(HIDDEN, 64) + low_rank(64, HIDDEN)
+    expected = LAYERS * per_layer + low_rank(HIDDEN, HIDDEN)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+    assert len(adapted) == LAYERS * 5 + 1
+
+
+def test_an_unknown_target_module_names_the_models_linear_layers(tiny_bert_dir) -> None:
+    run = RunConfig.from_dict({"method": "lora", "lora": {"target_modules": ["q_proj"]}})
+    with pytest.raises(
+        ConfigError, match=r"lora.target_modules: no linear layer named \['q_proj'\].*'query'"
+    ):
+        get_method("lora").build(load_backbone(str(tiny_bert_dir), "encoder"), run, None)

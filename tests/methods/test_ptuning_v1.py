@@ -12,12 +12,13 @@ from ptuning_v2.models import load_backbone, load_tokenizer
 HIDDEN, K, MLP = 32, 3, 16
 
 
-def build(model_dir, method: str, **prompt):
+def build(model_dir, method: str, ptuning_v1: dict | None = None, **prompt):
     run = RunConfig.from_dict(
         {
             "method": method,
             "prompt": {"num_virtual_tokens": K, "reparam_hidden_size": MLP, **prompt},
             "train": {"max_length": 64},
+            "ptuning_v1": ptuning_v1 or {},
         }
     )
     return get_method(method).build(load_backbone(str(model_dir), "encoder"), run, None)
@@ -39,6 +40,21 @@ def test_trainable_parameters_are_the_prompt_encoder(tiny_bert_dir, method: str,
     trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
     assert trainable == expected
     assert all(name.startswith("prompt.") for name, p in encoder.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(("encoder", "lstm"), [(None, True), ("lstm", True), ("mlp", False)])
+def test_the_ptuning_v1_section_sets_the_encoder_kind_and_width(tiny_bert_dir, encoder, lstm: bool) -> None:
+    width = 8  # ptuning_v1.hidden_size wins over prompt.reparam_hidden_size (MLP)
+    model = build(tiny_bert_dir, "ptuning_v1", {"encoder": encoder, "hidden_size": width})
+    mlp = HIDDEN * width + width + width * HIDDEN + HIDDEN
+    expected = K * HIDDEN + mlp + (lstm_params(HIDDEN) if lstm else 0)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+    assert (model.prompt.lstm is not None) is lstm
+
+
+def test_ptuning_v1_mlp_with_an_lstm_encoder_is_refused(tiny_bert_dir) -> None:
+    with pytest.raises(ConfigError, match="has an MLP encoder, got 'lstm'"):
+        build(tiny_bert_dir, "ptuning_v1_mlp", {"encoder": "lstm"})
 
 
 def test_encoder_output_acts_as_a_soft_prompt(tiny_bert_dir) -> None:

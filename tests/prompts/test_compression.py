@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from ptuning_v2.cli.main import main
-from ptuning_v2.config import ConfigError, RunConfig, load_run_config
+from ptuning_v2.config import ConfigError, RunConfig
+from ptuning_v2.methods import load_run_config
 from ptuning_v2.prompts.compression import compress_checkpoint, expand_checkpoint
 from ptuning_v2.training.checkpoint import CheckpointError
 from ptuning_v2.training.recipe import load_trained, train_run

@@ -8,12 +8,10 @@ from typing import Any
 import pytest
 import torch
 
-from ptuning_v2.config import RunConfig
-from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
+from ptuning_v2.benchmarks.multitask import random_checkpoint
+from ptuning_v2.models import load_backbone, load_tokenizer
 from ptuning_v2.serving.multi_prompt import MultiPromptModel, UnknownTaskError
-from ptuning_v2.tasks.base import get_task
-from ptuning_v2.training.checkpoint import CheckpointError, save_checkpoint
-from ptuning_v2.training.recipe import build_model
+from ptuning_v2.training.checkpoint import CheckpointError
 
 TEXTS = [
     "the movie was good",
@@ -27,17 +25,10 @@ def make_checkpoint(
     model_dir: Path, directory: Path, task: str, prompt: dict[str, Any], state: dict[str, Any], seed: int
 ) -> Path:
     """A checkpoint folder as training writes it, with random prompts and head (large, so they matter)."""
-    run = RunConfig.from_dict({"model": str(model_dir), "task": task, "prompt": {**prompt, "init_std": 0.5}})
-    task_obj = get_task(task)(run, load_tokenizer(str(model_dir)))
-    task_obj.load_state(state)
-    backbone = load_backbone(str(model_dir), task_obj.backbone_kind)
     torch.manual_seed(seed)
-    model = build_model(run, task_obj, backbone, task_obj.tokenizer)
-    save_checkpoint(
-        directory / "checkpoint", model, run_config=run.to_dict(), task_state=task_obj.state(),
-        backbone_fingerprint=backbone_fingerprint(backbone),
-    )  # fmt: skip
-    return directory / "checkpoint"
+    options = {"doc_stride": 32} if task == "qa" else {}
+    prompt = {**prompt, "init_std": 0.5}
+    return random_checkpoint(str(model_dir), directory / "checkpoint", task, prompt, state, options)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +42,7 @@ def encoder_tasks(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory)
                                  {"num_virtual_tokens": 32, "layers": [1]}, {"labels": ["a", "b", "c"]}, 2),
         "entities": make_checkpoint(tiny_bert_dir, root / "entities", "ner", {"num_virtual_tokens": 5},
                                     ner_state, 3),
+        "answers": make_checkpoint(tiny_bert_dir, root / "answers", "qa", {"num_virtual_tokens": 6}, {}, 4),
     }  # fmt: skip
 
 
@@ -68,6 +60,7 @@ def alone(multi: MultiPromptModel, task: str, texts: list[str]) -> torch.Tensor:
     [
         ["sentiment", "topic", "topic", "sentiment"],  # (a) k = 8 and k = 32 (on layer 1 only)
         ["sentiment", "entities", "topic", "entities"],  # (b) classification and NER rows interleaved
+        ["answers", "entities", "sentiment", "answers"],  # extractive QA (start/end scores per token) too
     ],
 )
 def test_mixed_batch_rows_equal_each_task_alone(encoder_tasks: dict[str, Path], tasks: list[str]) -> None:
@@ -77,10 +70,10 @@ def test_mixed_batch_rows_equal_each_task_alone(encoder_tasks: dict[str, Path], 
     for name in set(tasks):
         rows = [i for i, t in enumerate(tasks) if t == name]
         expected = alone(multi, name, [TEXTS[i] for i in rows])
-        assert expected.shape[-1] == {"sentiment": 2, "topic": 3, "entities": 5}[name]
+        assert expected.shape[-1] == {"sentiment": 2, "topic": 3, "entities": 5, "answers": 2}[name]
         for j, row in enumerate(rows):
             got, want = mixed[row]["logits"], expected[j]
-            if name == "entities":  # per token: compare the row's real tokens
+            if name in ("entities", "answers"):  # per token: compare the row's real tokens
                 got, want = got[: lengths[row]], want[: lengths[row]]
             assert (got - want).abs().max() <= 1e-5
     # and the prompts matter: the same text under two tasks' prompts differs
@@ -151,11 +144,9 @@ def test_mixed_left_padded_generation_equals_each_task_alone(
 
 @pytest.mark.slow
 def test_mixed_generation_on_the_real_smollm2(tmp_path: Path) -> None:
-    from ptuning_v2.benchmarks.multitask import random_checkpoint
-
     torch.manual_seed(0)
     checkpoints = {
-        name: random_checkpoint("smollm2", tmp_path / name, "causal_lm", length, {})
+        name: random_checkpoint("smollm2", tmp_path / name, "causal_lm", {"num_virtual_tokens": length}, {})
         for name, length in (("short", 4), ("long", 16))
     }
     multi = MultiPromptModel.from_checkpoints(checkpoints)

@@ -145,3 +145,15 @@ def test_add_and_remove_a_task_at_run_time(server, checkpoints) -> None:
 
 def test_sigterm_ends_the_process_cleanly(server) -> None:
     assert server.stop() == 0
+
+
+def test_serve_arguments_are_checked_before_loading(checkpoints, capsys) -> None:
+    from ptuning_v2.cli.main import main
+
+    sentiment, ner = str(checkpoints["sentiment"]), str(checkpoints["ner"])
+    assert main(["serve", "--prompts", sentiment, ner, "--names", "one"]) == 2
+    assert "--names: 1 names for 2 --prompts folders" in capsys.readouterr().err
+    assert main(["serve", "--prompts", sentiment, sentiment]) == 2
+    assert "same task name" in capsys.readouterr().err
+    assert main(["serve", "--prompts", sentiment, "--max-batch-size", "0"]) == 2
+    assert "--max-batch-size" in capsys.readouterr().err

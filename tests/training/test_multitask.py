@@ -281,3 +281,11 @@ def test_the_multi_prompt_model_serves_the_tasks_of_one_run_together(multitask_y
         task, model = load_trained(folders[["sent", "question", "ner"].index(name)], device="cpu")
         alone = model(dict(task.tokenizer([text], return_tensors="pt")))["logits"][0]
         assert (row["logits"] - alone).abs().max() <= 1e-5
+
+
+def test_ptv2_train_points_a_multi_task_config_to_train_multi(capsys) -> None:
+    from ptuning_v2.cli.main import main
+
+    config = str(Path(__file__).parents[2] / "configs" / "multitask_rt_trec_conll.yaml")
+    assert main(["train", config, "--output-dir", "unused"]) == 2
+    assert f"use ptv2 train-multi {config}" in capsys.readouterr().err

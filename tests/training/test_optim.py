@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from ptuning_v2.config import ConfigError, TrainConfig, load_run_config
+from ptuning_v2.config import ConfigError, TrainConfig
+from ptuning_v2.methods import load_run_config
 from ptuning_v2.prompts.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 from ptuning_v2.training.optim import param_groups
@@ -74,10 +75,11 @@ def test_mlp_reparameterisation_trains_as_one_group_at_the_size_weighted_mean_mu
     ("ranges", "message"),
     [
         ([[0, 2]], r"layer_lr_ranges\[0\]: expected \[first_layer, last_layer, multiplier\]"),
-        ([[3, 1, 1.0]], r"layer_lr_ranges\[0\]: layers must be whole numbers with 0 <= first <= last"),
+        ([[3, 1, 1.0]], r"layer_lr_ranges\[0\]: layers must satisfy 0 <= first <= last"),
         ([[0, 2, 0.5], [2, 4, 1.0]], r"layers 0-2 and 2-4 overlap"),
         ([[0, 2, 0.0]], r"layer_lr_ranges\[0\]: the multiplier must be a positive number"),
         ([[0, 1.5, 1.0]], r"whole numbers"),
+        ([[0, 2, "fast"]], r"the multiplier must be a positive number, got 'fast'"),
         ([], r"expected a list of \[first, last, multiplier\]"),
     ],
 )
@@ -97,7 +99,7 @@ def test_ranges_past_the_backbone_and_both_settings_at_once_are_refused() -> Non
 
 
 def test_ranges_read_from_a_config_override() -> None:
-    run = load_run_config(None, ["train.layer_lr_ranges=[[0, 2, 0.5], [3, 8, 1.0], [9, 11, 1.5]]"])
+    run = load_run_config(None, ["train.layer_lr_ranges=[[0, 2, 5e-1], [3, 8, 1.0], [9, 11, 1.5]]"])
     lrs = layer_lrs(twelve_layer_model(layers=[2, 3]), run.train)
     assert lrs == {
         "self_2": ("prompt_layers_0-2", run.train.lr * 0.5),

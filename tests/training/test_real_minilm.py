@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ptuning_v2.config import load_run_config
+from ptuning_v2.methods import load_run_config
 from ptuning_v2.recipes import recipe_path
 from ptuning_v2.training.recipe import train_run
 

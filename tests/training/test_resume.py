@@ -18,7 +18,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from ptuning_v2.cli.main import main
-from ptuning_v2.config import ConfigError, load_run_config
+from ptuning_v2.config import ConfigError
+from ptuning_v2.methods import load_run_config
 from ptuning_v2.training.recipe import train_run
 
 SETTINGS = [

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ptuning_v2.config import load_run_config
+from ptuning_v2.methods import load_run_config
 from ptuning_v2.training.recipe import train_run
 from ptuning_v2.training.tracking import flatten_config, tracker_values
 

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertModel
 
-from ptuning_v2.config import RunConfig, TrainConfig, load_run_config
+from ptuning_v2.config import RunConfig, TrainConfig
+from ptuning_v2.methods import load_run_config
 from ptuning_v2.training.optim import param_groups
 from ptuning_v2.training.recipe import train_run
 

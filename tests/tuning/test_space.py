@@ -5,9 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from ptuning_v2.config import ConfigError, RunConfig, with_method_defaults
+from ptuning_v2.config import ConfigError
+from ptuning_v2.methods import METHODS, resolve_run_config
 from ptuning_v2.tuning.search import open_storage, open_study
-from ptuning_v2.tuning.space import DEFAULT_SPACES, check_space, method_space, parse_param, starting_point
+from ptuning_v2.tuning.space import check_space, method_space, parse_param, starting_point
 
 
 def test_config_entries_replace_add_and_remove_builtin_ones() -> None:
@@ -19,7 +20,7 @@ def test_config_entries_replace_add_and_remove_builtin_ones() -> None:
         }
     }
     space = method_space("ptuning_v2", tune, "c.yaml")
-    assert set(space) == set(DEFAULT_SPACES["ptuning_v2"]) - {"prompt.dropout"} | {"train.warmup_ratio"}
+    assert set(space) == set(METHODS["ptuning_v2"].search_space) - {"prompt.dropout"} | {"train.warmup_ratio"}
     lr = space["train.lr"]
     assert (lr.kind, lr.low, lr.high, lr.log) == ("float", 1e-4, 1e-2, True)
     assert space["prompt.num_virtual_tokens"].kind == "categorical"
@@ -68,9 +69,7 @@ def test_every_range_end_must_make_a_valid_config() -> None:
 
 
 def test_first_trial_starts_from_the_configs_own_values_inside_the_space() -> None:
-    run = RunConfig.from_dict(
-        with_method_defaults({"prompt": {"num_virtual_tokens": 20}, "train": {"lr": 0.5}})
-    )
+    run = resolve_run_config({"prompt": {"num_virtual_tokens": 20}, "train": {"lr": 0.5}})
     start = starting_point(method_space("ptuning_v2", None, "c"), run)
     # lr 0.5 and length 20 lie outside the space: the sampler chooses those
     assert start == {"train.head_lr": 5e-3, "prompt.reparameterize": False, "prompt.dropout": 0.0}

@@ -36,9 +36,19 @@ TASKS: dict[str, tuple[str, int, dict[str, Any]]] = {
 }  # fmt: skip
 
 
-def random_checkpoint(model: str, directory: Path, task: str, length: int, state: dict[str, Any]) -> Path:
-    """A checkpoint folder as training writes it, with randomly initialised prompt and head."""
-    run = RunConfig.from_dict({"model": model, "task": task, "prompt": {"num_virtual_tokens": length}})
+def random_checkpoint(
+    model: str,
+    directory: Path,
+    task: str,
+    prompt: dict[str, Any],
+    state: dict[str, Any],
+    task_options: dict[str, Any] | None = None,
+) -> Path:
+    """A checkpoint folder as training writes it, with randomly initialised prompt and head (seeded by the
+    caller's torch seed): what serving costs does not depend on trained values."""
+    run = RunConfig.from_dict(
+        {"model": model, "task": task, "prompt": prompt, "task_options": task_options or {}}
+    )
     task_obj = get_task(task)(run, load_tokenizer(model))
     task_obj.load_state(state)
     backbone = load_backbone(model, task_obj.backbone_kind)
@@ -76,34 +86,49 @@ class MultitaskResult:
 
 def serve_functions(
     multi: MultiPromptModel, requests: list[tuple[str, str]], batch_size: int, max_length: int
-) -> dict[str, Callable[[], Any]]:
-    """The three ways of answering all ``requests`` (task name, text), each returning the logits."""
+) -> dict[str, Callable[[], list[torch.Tensor]]]:
+    """The three ways of answering all ``requests`` (task name, text); each returns every request's logits,
+    in request order. Both batched ways sort their requests by length before cutting batches (as a
+    serving batcher would), so that padding does not decide the comparison."""
 
-    def encode(texts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(
-            multi.tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        )
+    def encoded(texts: list[str]) -> list[dict[str, list[int]]]:
+        enc = multi.tokenizer(texts, truncation=True, max_length=max_length)
+        return [{k: enc[k][i] for k in enc} for i in range(len(texts))]
+
+    def encoded_one(text: str) -> dict[str, torch.Tensor]:
+        return dict(multi.tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt"))
+
+    def batched(indices: list[int], run: Callable[[dict, list[int]], list[torch.Tensor]]) -> dict[int, Any]:
+        features = encoded([requests[i][1] for i in indices])
+        order = sorted(range(len(indices)), key=lambda j: len(features[j]["input_ids"]))
+        out = {}
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = dict(multi.tokenizer.pad([features[j] for j in chunk], return_tensors="pt"))
+            out.update(zip([indices[j] for j in chunk], run(batch, [indices[j] for j in chunk]), strict=True))
+        return out
 
     @torch.inference_mode()
-    def one_at_a_time() -> list:
-        return [multi.tasks[task].model(encode([text]))["logits"] for task, text in requests]
+    def one_at_a_time() -> list[torch.Tensor]:
+        return [multi.tasks[task].model(encoded_one(text))["logits"][0] for task, text in requests]
 
     @torch.inference_mode()
-    def grouped() -> list:
-        out = []
+    def grouped() -> list[torch.Tensor]:
+        out: dict[int, torch.Tensor] = {}
         for name in multi.tasks:
-            texts = [text for task, text in requests if task == name]
-            for start in range(0, len(texts), batch_size):
-                out.append(multi.tasks[name].model(encode(texts[start : start + batch_size]))["logits"])
-        return out
+            mine = [i for i, (task, _) in enumerate(requests) if task == name]
+            out.update(
+                batched(mine, lambda batch, _, name=name: list(multi.tasks[name].model(batch)["logits"]))
+            )
+        return [out[i] for i in range(len(requests))]
 
     @torch.inference_mode()
-    def mixed() -> list:
-        out = []
-        for start in range(0, len(requests), batch_size):
-            chunk = requests[start : start + batch_size]
-            out += multi.run(encode([text for _, text in chunk]), [task for task, _ in chunk])
-        return out
+    def mixed() -> list[torch.Tensor]:
+        def run(batch: dict, rows: list[int]) -> list[torch.Tensor]:
+            return [r["logits"] for r in multi.run(batch, [requests[i][0] for i in rows])]
+
+        out = batched(list(range(len(requests))), run)
+        return [out[i] for i in range(len(requests))]
 
     return {"mixed": mixed, "grouped": grouped, "one_at_a_time": one_at_a_time}
 
@@ -114,7 +139,7 @@ def run_multitask(
     texts = [str(t) for t in load_builtin("rotten_tomatoes")["test"]["text"]]
     with tempfile.TemporaryDirectory() as tmp:
         checkpoints = {
-            name: random_checkpoint(model, Path(tmp) / name, task, length, state)
+            name: random_checkpoint(model, Path(tmp) / name, task, {"num_virtual_tokens": length}, state)
             for name, (task, length, state) in TASKS.items()
         }
         multi = MultiPromptModel.from_checkpoints(checkpoints)

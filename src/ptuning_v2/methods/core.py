@@ -1,4 +1,4 @@
-"""The methods the core needs: P-Tuning v2, a linear probe and full fine-tuning."""
+"""The two baselines every comparison needs: a linear probe and full fine-tuning."""
 
 from __future__ import annotations
 
@@ -8,11 +8,6 @@ from torch import nn
 
 from ptuning_v2.config import RunConfig
 from ptuning_v2.methods.registry import Method, freeze, register_method
-from ptuning_v2.prompts.model import DeepPromptModel
-
-
-def build_ptuning_v2(backbone: nn.Module, config: RunConfig, tokenizer: Any) -> nn.Module:
-    return DeepPromptModel(backbone, config.prompt, tokenizer)
 
 
 def build_linear_probe(backbone: nn.Module, config: RunConfig, tokenizer: Any) -> nn.Module:
@@ -27,10 +22,11 @@ def build_full(backbone: nn.Module, config: RunConfig, tokenizer: Any) -> nn.Mod
 
 register_method(
     Method(
-        "ptuning_v2",
-        "P-Tuning v2: trained prefix keys/values at every layer of the frozen backbone (Liu et al., 2022)",
-        build_ptuning_v2,
-        {"train": {"lr": 1e-2, "head_lr": 5e-3}},
+        "full",
+        "full fine-tuning of every backbone weight and the head",
+        build_full,
+        {"train.lr": 2e-5, "train.head_lr": 2e-5, "train.weight_decay": 0.01},
+        search_space={"train.lr": {"low": 5e-6, "high": 2e-4, "log": True}},
     )
 )
 register_method(
@@ -38,14 +34,8 @@ register_method(
         "linear_probe",
         "frozen backbone, only the task head is trained",
         build_linear_probe,
-        {"train": {"head_lr": 5e-3}},
-    )
-)
-register_method(
-    Method(
-        "full",
-        "full fine-tuning of every backbone weight and the head",
-        build_full,
-        {"train": {"lr": 2e-5, "head_lr": 2e-5, "weight_decay": 0.01}},
+        {"train.head_lr": 5e-3},
+        search_space={"train.head_lr": {"low": 1e-4, "high": 1e-1, "log": True}},
+        shares_backbone=True,
     )
 )

@@ -13,6 +13,7 @@ from typing import Any
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from ptuning_v2.config import ConfigError, LoraOptions, RunConfig
 from ptuning_v2.methods.registry import Method, freeze, register_method
@@ -41,13 +42,31 @@ def lora_targets(backbone: nn.Module) -> list[str]:
     )
 
 
+def check_targets(backbone: nn.Module, names: list[str]) -> list[str]:
+    """``lora.target_modules`` as given, once each names a linear layer of the backbone (GPT-2's
+    ``Conv1D`` projections count: PEFT adapts them too)."""
+    leaves = {
+        name.rsplit(".", 1)[-1]
+        for name, module in backbone.named_modules()
+        if isinstance(module, nn.Linear | Conv1D)
+    }
+    missing = [name for name in names if name not in leaves]
+    if missing:
+        raise ConfigError(
+            f"lora.target_modules: no linear layer named {missing} in model type "
+            f"{getattr(backbone.config, 'model_type', None)!r}; its linear layers: {sorted(leaves)}"
+        )
+    return list(names)
+
+
 def build_lora(backbone: nn.Module, config: RunConfig, tokenizer: Any) -> nn.Module:
     options = config.lora
+    targets = options.target_modules
     lora = LoraConfig(
         r=options.rank,
         lora_alpha=options.alpha,
         lora_dropout=options.dropout,
-        target_modules=lora_targets(backbone),
+        target_modules=lora_targets(backbone) if targets is None else check_targets(backbone, targets),
     )
     return inject_adapter_in_model(lora, freeze(backbone))
 
@@ -56,8 +75,13 @@ register_method(
     Method(
         "lora",
         "LoRA through PEFT: low-rank updates (lora.rank, default 8) of the attention query/value projections "
-        "(Hu et al., 2021)",
+        "or lora.target_modules (Hu et al., 2021)",
         build_lora,
-        {"train": {"lr": 1e-3, "head_lr": 5e-3}},
+        {"train.lr": 1e-3, "train.head_lr": 5e-3},
+        search_space={
+            "train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+            "lora.rank": {"choices": [4, 8, 16, 32]},
+            "lora.alpha": {"choices": [8, 16, 32, 64]},
+        },
     )
 )

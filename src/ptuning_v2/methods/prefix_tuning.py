@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ptuning_v2.config import RunConfig
-from ptuning_v2.methods.registry import Method, register_method
+from ptuning_v2.methods.registry import Method, check_deep_prompt, register_method
 from ptuning_v2.prompts.model import DeepPromptModel
 
 
@@ -26,6 +26,10 @@ register_method(
         "prefix_tuning",
         "Prefix tuning: deep prefixes through an MLP reparameterisation (Li & Liang, 2021)",
         build_prefix_tuning,
-        {"prompt": {"reparameterize": True}, "train": {"lr": 5e-3, "head_lr": 5e-3}},
+        {"prompt.reparameterize": True, "train.lr": 5e-3, "train.head_lr": 5e-3},
+        prompt="deep",
+        search_space={"train.lr": {"low": 1e-4, "high": 3e-2, "log": True}},
+        check=check_deep_prompt,
+        shares_backbone=True,
     )
 )

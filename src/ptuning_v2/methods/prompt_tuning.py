@@ -22,6 +22,8 @@ register_method(
         "prompt_tuning",
         "Prompt tuning: trained vectors in front of the input embeddings only (Lester et al., 2021)",
         build_prompt_tuning,
-        {"train": {"lr": 1e-2, "head_lr": 5e-3}},
+        {"train.lr": 1e-2, "train.head_lr": 5e-3},
+        prompt="input",
+        search_space={"train.lr": {"low": 1e-3, "high": 3e-1, "log": True}},
     )
 )

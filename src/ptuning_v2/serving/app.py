@@ -115,6 +115,8 @@ class Dispatcher:
             carry = None
             if first is None:
                 break
+            if first.future.done():  # its client went away while it waited
+                continue
             group = [first]
             if self.config.batching:
                 group, carry, stopping = await self._collect(first)
@@ -140,6 +142,8 @@ class Dispatcher:
                     break
             if item is None:
                 return group, None, True
+            if item.future.done():
+                continue
             if size + len(item.request.inputs) > self.config.max_batch_size:
                 return group, item, False
             group.append(item)

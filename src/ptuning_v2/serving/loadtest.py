@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -209,9 +210,10 @@ def run_load_test(
     names = list(checkpoints)
     jobs = [(names[j % len(names)], (j // len(names)) % inputs_per_task) for j in range(requests)]
     base = ["--prompts", *checkpoints.values(), "--names", *names, *(server_args or [])]
+    logs = Path(tempfile.mkdtemp(prefix="ptv2-serve-bench-"))  # the servers' own output, for a failure
     modes = {}
     for mode, extra in (("batching", []), ("no_batching", ["--no-batching"])):
-        with server_process(base + extra, output_dir / f"server_{mode}.log") as url:
+        with server_process(base + extra, logs / f"server_{mode}.log") as url:
             warm = [(name, i) for name in names for i in range(4)]
             asyncio.run(measure(url, warm, inputs, expected, clients, max_seconds))
             before = httpx.get(f"{url}/health").json()["batches"]

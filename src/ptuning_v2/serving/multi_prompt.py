@@ -21,14 +21,12 @@ import torch
 from torch import nn
 
 from ptuning_v2.injection.attention import PROMPTS_KWARG, Delivery, PrefixInjector
+from ptuning_v2.methods import backbone_sharing_methods
 from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
 from ptuning_v2.prompts.model import DeepPromptModel, decoder_positions
 from ptuning_v2.tasks.base import Task, encoder_inputs, get_task
 from ptuning_v2.training.checkpoint import CheckpointError, read_checkpoint_meta
 from ptuning_v2.training.recipe import attach_trained
-
-SHAREABLE_METHODS = ("ptuning_v2", "prefix_tuning", "linear_probe")
-"""Methods that leave the backbone untouched, so their checkpoints can share it."""
 
 
 class UnknownTaskError(KeyError):
@@ -122,10 +120,10 @@ class MultiPromptModel:
         if name in self.tasks:
             raise ValueError(f"a task named {name!r} is already loaded; remove it first")
         meta = read_checkpoint_meta(checkpoint)
-        if meta["method"] not in SHAREABLE_METHODS:
+        if meta["method"] not in backbone_sharing_methods():
             raise CheckpointError(
                 f"{checkpoint}: method {meta['method']!r} changes the backbone's weights, so it cannot share "
-                f"one backbone; shareable methods: {', '.join(SHAREABLE_METHODS)}"
+                f"one backbone; shareable methods: {', '.join(backbone_sharing_methods())}"
             )
         kind = get_task(meta["task"]).backbone_kind
         if self.kind is not None and kind != self.kind:

@@ -23,15 +23,12 @@ from ptuning_v2.config import (
     deep_merge,
     did_you_mean,
     read_config_file,
-    with_method_defaults,
 )
 from ptuning_v2.data.builtin import REGISTRY
+from ptuning_v2.methods import backbone_sharing_methods, resolve_run_config
 from ptuning_v2.tasks.base import TASKS, get_task
 
 MIXES = ("proportional", "temperature", "round_robin")
-MULTITASK_METHODS = ("ptuning_v2", "prefix_tuning", "linear_probe")
-"""Methods whose trained parameters are separate per task (a prompt and a head); methods that change
-the backbone's own weights (full, lora) would share them between the tasks."""
 
 TASK_TRAIN_FIELDS = (
     "batch_size",
@@ -185,7 +182,7 @@ def _task_spec(
         prompt=deep_merge(top.get("prompt") or {}, prompt),
         train={**shared, **train},
     )
-    return TaskSpec(name, RunConfig.from_dict(with_method_defaults(run), where))
+    return TaskSpec(name, resolve_run_config(run, where))
 
 
 def multitask_from_dict(data: dict[str, Any], source: str = "config") -> MultiTaskConfig:
@@ -195,10 +192,10 @@ def multitask_from_dict(data: dict[str, Any], source: str = "config") -> MultiTa
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{source}: model: expected a model name or folder, got {model!r}")
     method = data.get("method", RunConfig.method)
-    if method not in MULTITASK_METHODS:
+    if method not in backbone_sharing_methods():
         raise ConfigError(
             f"{source}: method: {method!r} cannot train several tasks on one shared backbone; "
-            f"use one of {list(MULTITASK_METHODS)}"
+            f"use one of {backbone_sharing_methods()}"
         )
     mix = data.get("mix", "proportional")
     if mix not in MIXES:
@@ -222,9 +219,7 @@ def multitask_from_dict(data: dict[str, Any], source: str = "config") -> MultiTa
     if not isinstance(data.get("prompt") or {}, dict):
         raise ConfigError(f"{source}: prompt: expected a mapping, got {data['prompt']!r}")
     shared = _check_train(data.get("train"), f"{source}: train", None)
-    shared_train = RunConfig.from_dict(
-        with_method_defaults({"model": model, "method": method, "train": dict(shared)}), source
-    ).train
+    shared_train = resolve_run_config({"model": model, "method": method, "train": dict(shared)}, source).train
     tasks_raw = data.get("tasks")
     if not isinstance(tasks_raw, list) or not tasks_raw:
         raise ConfigError(f"{source}: tasks: expected a non-empty list of tasks, got {tasks_raw!r}")

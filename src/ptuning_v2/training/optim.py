@@ -33,14 +33,15 @@ def check_layer_lr(train: TrainConfig) -> list[LayerRange] | None:
     Checks what needs no model: shapes, order, overlaps, positive multipliers. Whether the ranges fit
     the backbone's layer count is checked when the optimizer is built.
     """
-    multipliers = train.layer_lr_multipliers
-    if len(multipliers) != 3 or any(not _is_number(m) or m <= 0 for m in multipliers):
+    multipliers = [_number(m) for m in train.layer_lr_multipliers]
+    if len(multipliers) != 3 or any(m is None or m <= 0 for m in multipliers):
         raise ConfigError(
-            f"train.layer_lr_multipliers: expected 3 positive numbers (early, middle, late), got {multipliers}"
+            "train.layer_lr_multipliers: expected 3 positive numbers (early, middle, late), "
+            f"got {train.layer_lr_multipliers}"
         )
     if train.layer_lr_ranges is None:
         return None
-    if list(multipliers) != [1.0, 1.0, 1.0]:
+    if multipliers != [1.0, 1.0, 1.0]:
         raise ConfigError("train.layer_lr_ranges and train.layer_lr_multipliers are both set: set one")
     if not isinstance(train.layer_lr_ranges, list) or not train.layer_lr_ranges:
         raise ConfigError(
@@ -51,12 +52,14 @@ def check_layer_lr(train: TrainConfig) -> list[LayerRange] | None:
         where = f"train.layer_lr_ranges[{index}]"
         if not isinstance(entry, Sequence) or isinstance(entry, str) or len(entry) != 3:
             raise ConfigError(f"{where}: expected [first_layer, last_layer, multiplier], got {entry!r}")
-        first, last, multiplier = entry
-        if not all(_is_whole(x) for x in (first, last)) or not 0 <= first <= last:
-            raise ConfigError(f"{where}: layers must be whole numbers with 0 <= first <= last, got {entry!r}")
-        if not _is_number(multiplier) or multiplier <= 0:
-            raise ConfigError(f"{where}: the multiplier must be a positive number, got {multiplier!r}")
-        ranges.append((int(first), int(last), float(multiplier)))
+        first, last, multiplier = (_number(x) for x in entry)
+        if first is None or last is None or not first.is_integer() or not last.is_integer():
+            raise ConfigError(f"{where}: layers must be whole numbers, got {entry!r}")
+        if not 0 <= first <= last:
+            raise ConfigError(f"{where}: layers must satisfy 0 <= first <= last, got {entry!r}")
+        if multiplier is None or multiplier <= 0:
+            raise ConfigError(f"{where}: the multiplier must be a positive number, got {entry[2]!r}")
+        ranges.append((int(first), int(last), multiplier))
     ordered = sorted(ranges)
     for (a_first, a_last, _), (b_first, b_last, _) in zip(ordered, ordered[1:], strict=False):
         if b_first <= a_last:
@@ -66,12 +69,14 @@ def check_layer_lr(train: TrainConfig) -> list[LayerRange] | None:
     return ranges
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_whole(value: object) -> bool:
-    return _is_number(value) and float(value).is_integer()  # type: ignore[arg-type]
+def _number(value: object) -> float | None:
+    """A number as float; YAML reads ``5e-1`` as a string, so numeric strings count. Else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
 
 
 def layer_group(
@@ -80,7 +85,7 @@ def layer_group(
     """The group name and learning-rate multiplier of a prompt at backbone layer ``layer``."""
     if ranges is None:
         third = layer_third(layer, num_layers)
-        return f"prompt_{THIRDS[third]}", train.layer_lr_multipliers[third]
+        return f"prompt_{THIRDS[third]}", float(train.layer_lr_multipliers[third])  # checked: a number
     for first, last, multiplier in ranges:
         if first <= layer <= last:
             return f"prompt_layers_{first}-{last}", multiplier

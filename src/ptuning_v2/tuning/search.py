@@ -25,7 +25,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from ptuning_v2.config import ConfigError, RunConfig, with_method_defaults
+from ptuning_v2.config import ConfigError, RunConfig
+from ptuning_v2.methods import resolve_run_config
 from ptuning_v2.tuning.report import plot_history, plot_importances, trial_rows, write_tables
 from ptuning_v2.tuning.space import Param, apply_params, check_space, method_space, starting_point
 from ptuning_v2.utils.io import write_json_atomic, write_text_atomic
@@ -134,7 +135,7 @@ def run_tuning(
     output_dir = Path(output_dir)
     base = copy.deepcopy(base)
     tune_section = base.pop("tune", None)
-    reference = RunConfig.from_dict(with_method_defaults(copy.deepcopy(base)), source)
+    reference = resolve_run_config(copy.deepcopy(base), source)
     space = method_space(reference.method, tune_section, source)
     check_space(space, base, source)
     from ptuning_v2.tasks import get_task  # importing tasks loads datasets; keep the CLI start fast
@@ -200,9 +201,7 @@ def _objective(base: dict[str, Any], space: dict[str, Param], metric: str, outpu
                 raise optuna.TrialPruned(f"dev {metric} {value:.4f} at step {step}")
 
         try:
-            run = RunConfig.from_dict(
-                with_method_defaults(apply_params(base, params)), f"{source} (trial {trial.number})"
-            )
+            run = resolve_run_config(apply_params(base, params), f"{source} (trial {trial.number})")
             metrics = train_run(run, directory, show_progress=False, on_evaluate=report, evaluate_test=False)
         except ConfigError as exc:
             trial.set_user_attr("error", str(exc))
@@ -316,7 +315,7 @@ def final_run(
     if previous and previous.get("trial") == best.number and (directory / "metrics.json").is_file():
         return previous
     shutil.rmtree(directory, ignore_errors=True)
-    run = RunConfig.from_dict(with_method_defaults(copy.deepcopy(config)), f"{source} (best trial)")
+    run = resolve_run_config(copy.deepcopy(config), f"{source} (best trial)")
     print(
         f"[tune] training the best config (trial {best.number}) in {directory}", file=sys.stderr, flush=True
     )

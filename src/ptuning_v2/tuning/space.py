@@ -1,6 +1,7 @@
 """Search spaces as data: for each method, the config fields (dotted paths) to search and their ranges.
 
-The built-in spaces below are what ``ptv2 tune`` and ``ptv2 compare --tune`` search. A run config
+Each method's built-in space (``search_space`` in its registry entry, methods/) is what ``ptv2 tune``
+and ``ptv2 compare --tune`` search. A run config
 changes them entry by entry in a ``tune:`` section keyed by method (training ignores that section)::
 
     tune:
@@ -20,28 +21,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptuning_v2.config import ConfigError, RunConfig, with_method_defaults
+from ptuning_v2.config import ConfigError, RunConfig
 
-DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
-    "ptuning_v2": {
-        "train.lr": {"low": 1e-3, "high": 1e-1, "log": True},
-        "train.head_lr": {"low": 1e-4, "high": 5e-2, "log": True},
-        "prompt.num_virtual_tokens": {"choices": [8, 16, 32, 64, 128]},
-        "prompt.reparameterize": {"choices": [False, True]},
-        "prompt.dropout": {"low": 0.0, "high": 0.3},
-    },
-    "prompt_tuning": {"train.lr": {"low": 1e-3, "high": 3e-1, "log": True}},
-    "ptuning_v1": {"train.lr": {"low": 1e-4, "high": 3e-2, "log": True}},
-    "ptuning_v1_mlp": {"train.lr": {"low": 1e-4, "high": 3e-2, "log": True}},
-    "prefix_tuning": {"train.lr": {"low": 1e-4, "high": 3e-2, "log": True}},
-    "full": {"train.lr": {"low": 5e-6, "high": 2e-4, "log": True}},
-    "lora": {
-        "train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
-        "lora.rank": {"choices": [4, 8, 16, 32]},
-        "lora.alpha": {"choices": [8, 16, 32, 64]},
-    },
-    "linear_probe": {"train.head_lr": {"low": 1e-4, "high": 1e-1, "log": True}},
-}
 _SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
 
 
@@ -152,7 +133,7 @@ def method_space(method: str, tune: Any, where: str) -> dict[str, Param]:
     unknown = sorted(set(tune) - set(METHODS))
     if unknown:
         raise ConfigError(f"{where}: tune has unknown method(s) {unknown}; known: {sorted(METHODS)}")
-    entries = dict(DEFAULT_SPACES.get(method, {}))
+    entries = dict(METHODS[method].search_space) if method in METHODS else {}
     own = tune.get(method) or {}
     if not isinstance(own, dict):
         raise ConfigError(f"{where}: tune.{method} must map config fields to ranges, got {own!r}")
@@ -194,10 +175,12 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
 
 def check_space(space: dict[str, Param], base: dict[str, Any], where: str) -> None:
     """Every range end and choice must make a valid config: a typo or a bad range fails before any trial."""
+    from ptuning_v2.methods import resolve_run_config
+
     for path, param in space.items():
         for value in param.corners():
             try:
-                RunConfig.from_dict(with_method_defaults(apply_params(base, {path: value})), "config")
+                resolve_run_config(apply_params(base, {path: value}), "config")
             except ConfigError as exc:
                 raise ConfigError(f"{where}: tune.{base.get('method')}.{path} = {value!r}: {exc}") from None
 

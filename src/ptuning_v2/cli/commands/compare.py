@@ -1,4 +1,8 @@
-"""``ptv2 compare CONFIG.yaml --methods a,b,... --output-dir DIR``: methods side by side on one budget."""
+"""``ptv2 compare CONFIG.yaml --methods a,b,... --output-dir DIR``: methods side by side on one budget.
+
+``untuned`` among the methods adds the frozen backbone, scored on test with no prompt and no training
+(the baseline of a generation task).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,6 @@ from ptuning_v2.config import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ptuning_v2.evaluation.compare import DEFAULT_METHODS
-
     p = sub.add_parser(
         "compare",
         help="train several methods on the same data and budget; write comparison.json/.md/.png",
@@ -19,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML run config shared by all methods (its 'method' field is ignored)")
     p.add_argument(
         "--methods",
-        default=",".join(DEFAULT_METHODS),
-        help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)})",
+        help="comma-separated methods, and 'untuned' for the untrained backbone "
+        "(default: every method of the registry but variants; `ptv2 params MODEL` lists them all)",
     )
     p.add_argument("--output-dir", required=True, help="where comparison.json, .md and .png go")
     p.add_argument(
@@ -94,17 +96,15 @@ def command_line(args: argparse.Namespace, methods: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ptuning_v2.evaluation.compare import markdown_report, read_base_config, run_comparison
-    from ptuning_v2.methods import get_method
+    from ptuning_v2.experiments.report import markdown_report
+    from ptuning_v2.experiments.runner import check_methods, default_methods, read_base_config, run_comparison
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods:
-        raise ConfigError("--methods: no method given")
-    for method in methods:
-        try:
-            get_method(method)
-        except ValueError as exc:
-            raise ConfigError(f"--methods: {exc}") from exc
+    methods = (
+        default_methods()
+        if args.methods is None
+        else [m.strip() for m in args.methods.split(",") if m.strip()]
+    )
+    check_methods(methods)
     result = run_comparison(
         read_base_config(args.config, args.overrides),
         methods,

@@ -1,12 +1,22 @@
-"""``ptv2 demo``: the main job. P-Tuning v2 on MiniLM + Rotten Tomatoes, and a linear probe beside it."""
+"""``ptv2 demo``: the main job. P-Tuning v2 on MiniLM + Rotten Tomatoes, and a linear probe beside it.
+
+The two runs go through the comparison runner (each in its own process, on the same budget) and
+its table; ``metrics.json`` keeps the demo's own layout: the P-Tuning v2 run's metrics, the linear
+probe's under ``baseline_linear_probe``, and a short ``summary``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 from pathlib import Path
+from typing import Any
 
 from ptuning_v2.cli.arguments import add_overrides
 from ptuning_v2.utils.io import write_json_atomic
+
+METHODS = ("ptuning_v2", "linear_probe")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,30 +28,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ptuning_v2.config import load_run_config
+    from ptuning_v2.experiments.report import markdown_report
+    from ptuning_v2.experiments.runner import read_base_config, run_comparison
     from ptuning_v2.recipes import recipe_path
-    from ptuning_v2.training.recipe import train_run
 
     output = Path(args.output_dir)
-    results = {}
-    for method in ("ptuning_v2", "linear_probe"):
-        print(f"== {method}: training on the demo budget", flush=True)
-        config = load_run_config(recipe_path("demo"), [*args.overrides, f"method={method}"])
-        results[method] = train_run(
-            config, output / method, show_progress=not args.no_progress, overwrite=True
-        )
-    report = demo_report(results)
+    command = ["ptv2", "demo", "--output-dir", args.output_dir]
+    for override in args.overrides:
+        command += ["--set", override]
+    print("== P-Tuning v2 and a linear probe on the demo budget, each in its own process", flush=True)
+    result = run_comparison(
+        read_base_config(recipe_path("demo"), args.overrides),
+        list(METHODS),
+        output,
+        runs_dir=output,
+        source="demo recipe",
+        command=shlex.join(command),
+        show_progress=not args.no_progress,
+    )
+    print(markdown_report(result))
+    if any(row["status"] != "ok" for row in result["methods"]):
+        return 1
+    results = {m: json.loads((output / m / "metrics.json").read_text(encoding="utf-8")) for m in METHODS}
+    report = demo_report(results, result["model"], result["data"])
     write_json_atomic(
         output / "metrics.json",
         {**results["ptuning_v2"], "baseline_linear_probe": results["linear_probe"], "summary": report},
     )
-    print(format_report(report))
+    pt, lp = report["runs"]["ptuning_v2"], report["runs"]["linear_probe"]
+    print(f"P-Tuning v2 vs linear probe on test: {pt['test_accuracy'] - lp['test_accuracy']:+.2%} accuracy")
     print(f"(details: {output / 'metrics.json'}; each run's log and checkpoint under {output}/<method>/)")
     return 0
 
 
-def demo_report(results: dict[str, dict]) -> dict:
-    def row(m: dict) -> dict:
+def demo_report(results: dict[str, dict[str, Any]], model: str, data: str) -> dict[str, Any]:
+    """The ``summary`` of metrics.json: each run's headline numbers."""
+
+    def row(m: dict[str, Any]) -> dict[str, Any]:
         return {
             "dev_accuracy": m["dev"]["accuracy"],
             "test_accuracy": m["test"]["accuracy"],
@@ -53,20 +76,4 @@ def demo_report(results: dict[str, dict]) -> dict:
             "checkpoint_bytes": m["checkpoint_bytes"],
         }
 
-    return {"model": "minilm", "data": "rotten_tomatoes", "runs": {k: row(v) for k, v in results.items()}}
-
-
-def format_report(report: dict) -> str:
-    lines = [
-        f"\nP-Tuning v2 demo: {report['model']} on {report['data']} (dev/test: fixed seeded split)",
-        f"{'method':14} {'dev acc':>8} {'test acc':>8} {'trained params':>15} {'share':>8} {'train s':>8} {'ckpt':>9}",
-    ]
-    for name, r in report["runs"].items():
-        lines.append(
-            f"{name:14} {r['dev_accuracy']:8.4f} {r['test_accuracy']:8.4f} {r['trainable_params']:15,d} "
-            f"{r['trainable_share']:8.3%} {r['train_seconds']:8.1f} {r['checkpoint_bytes'] / 1024:7.0f}KB"
-        )
-    pt, lp = report["runs"]["ptuning_v2"], report["runs"]["linear_probe"]
-    delta = pt["test_accuracy"] - lp["test_accuracy"]
-    lines.append(f"P-Tuning v2 vs linear probe on test: {delta:+.2%} accuracy")
-    return "\n".join(lines)
+    return {"model": model, "data": data, "runs": {k: row(v) for k, v in results.items()}}

@@ -42,8 +42,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from ptuning_v2.config import load_run_config
     from ptuning_v2.interop.peft_format import import_checkpoint
+    from ptuning_v2.methods import load_run_config
 
     overrides = ["task=causal_lm", "method=ptuning_v2", *args.overrides, f"model={args.model}"]
     out = import_checkpoint(args.adapter_dir, args.out_dir, load_run_config(args.config, overrides))

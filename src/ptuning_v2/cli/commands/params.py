@@ -46,8 +46,7 @@ def parameter_report(
     model: str, methods: list[str], lengths: list[int], task: str, num_labels: int
 ) -> list[dict[str, Any]]:
     """One row per method and prompt length; methods whose count does not depend on the length get one row."""
-    from ptuning_v2.config import RunConfig, with_method_defaults
-    from ptuning_v2.methods import get_method
+    from ptuning_v2.methods import get_method, resolve_run_config
     from ptuning_v2.models import load_backbone, load_tokenizer
     from ptuning_v2.tasks import get_task
 
@@ -63,7 +62,7 @@ def parameter_report(
             # The sequence length does not change any count; 1 keeps every prompt length within the positions.
             data = {"model": model, "task": task, "method": method}
             data |= {"prompt": {"num_virtual_tokens": k}, "train": {"max_length": 1}}
-            run = RunConfig.from_dict(with_method_defaults(data), f"--method {method}")
+            run = resolve_run_config(data, f"--method {method}")
             encoder = get_method(method).build(copy.deepcopy(backbone), run, tokenizer)
             trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
             counts.append((k, trainable, sum(p.numel() for p in encoder.parameters())))

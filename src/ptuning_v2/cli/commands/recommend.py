@@ -33,7 +33,6 @@ LARGE = 10e9
 BILLION = 1e9
 FULL_MIN_EXAMPLES = 5_000
 """Below this many labelled examples full fine-tuning is not proposed (our wins were at 10k+)."""
-PROMPT_METHODS = ("ptuning_v2", "prompt_tuning")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kKmMbB]?)\s*$")
 
 
@@ -128,7 +127,7 @@ def choose(task: str, params: float, examples: int, tasks: int, memory_gb: float
 
 def starting_config(rec: Recommendation, task: str, params: float, examples: int, model: str) -> list[str]:
     """Fill ``rec.config`` from suggest-config's guidance and the method's defaults; the notes on it."""
-    from ptuning_v2.config import load_run_config
+    from ptuning_v2.methods import get_method, load_run_config
 
     guide = GUIDANCE[task]
     size, factor = size_class(params)
@@ -145,11 +144,12 @@ def starting_config(rec: Recommendation, task: str, params: float, examples: int
     }
     steps = math.ceil(examples / guide.batch_size) * guide.epochs
     overrides["train.eval_every"] = max(1, int(steps // 10))
+    has_prompt = get_method(rec.method).prompt is not None
     notes = [
         f"Budget: {examples:,} examples x {guide.epochs:g} epochs at batch {guide.batch_size} = "
         f"{steps:,.0f} steps, dev evaluated every tenth."
     ]
-    if rec.method in PROMPT_METHODS:
+    if has_prompt:
         length = max(4, round(guide.prompt_length * factor))
         overrides["prompt.num_virtual_tokens"] = length
         notes.append(
@@ -166,7 +166,7 @@ def starting_config(rec: Recommendation, task: str, params: float, examples: int
         "method": data["method"],
         "data": {k: v for k, v in data["data"].items() if k in ("train", "validation", "test")},
     }
-    if rec.method in PROMPT_METHODS:
+    if has_prompt:
         rec.config["prompt"] = {"num_virtual_tokens": data["prompt"]["num_virtual_tokens"]}
     rec.config["train"] = {k: data["train"][k] for k in train_keys}
     notes.append(

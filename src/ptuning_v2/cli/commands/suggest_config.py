@@ -16,8 +16,6 @@ import yaml
 
 from ptuning_v2.config import ConfigError
 
-PROMPT_METHODS = ("ptuning_v2", "prefix_tuning", "prompt_tuning", "ptuning_v1", "ptuning_v1_mlp")
-
 
 @dataclass(frozen=True)
 class Guidance:
@@ -69,15 +67,14 @@ def suggest(task: str, model: str, method: str) -> tuple[dict[str, Any], list[st
     """The config (as YAML data) and the comment lines that explain it."""
     from transformers import AutoConfig
 
-    from ptuning_v2.config import RunConfig, with_method_defaults
     from ptuning_v2.data import list_builtin
-    from ptuning_v2.methods import get_method
+    from ptuning_v2.methods import get_method, resolve_run_config, with_method_defaults
     from ptuning_v2.models import resolve_model
     from ptuning_v2.tasks import get_task
 
     try:
         get_task(task)
-        get_method(method)
+        has_prompt = get_method(method).prompt is not None
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if task not in GUIDANCE:
@@ -97,10 +94,10 @@ def suggest(task: str, model: str, method: str) -> tuple[dict[str, Any], list[st
         f"Starting point for task {task} on {model} (~{n_params / 1e6:,.0f}M parameters: {size}), "
         f"method {method}.",
         "Tune "
-        + ("prompt.num_virtual_tokens and " if method in PROMPT_METHODS else "")
+        + ("prompt.num_virtual_tokens and " if has_prompt else "")
         + "train.lr on your dev set; this is not a tuned config.",
     ]
-    if method in PROMPT_METHODS:
+    if has_prompt:
         length = max(4, round(guide.prompt_length * factor))
         data["prompt"] = {"num_virtual_tokens": length}
         notes.append(
@@ -114,8 +111,8 @@ def suggest(task: str, model: str, method: str) -> tuple[dict[str, Any], list[st
     else:
         notes.append(f"Learning rates: the {method} defaults.")
     data["train"] = train
+    resolve_run_config(data, "suggested config")  # what we print must be a valid config
     merged = with_method_defaults(data)
-    RunConfig.from_dict(merged, "suggested config")  # what we print must be a valid config
     data["train"] = {**merged.get("train", {}), **train}
     if not builtin:
         notes.append(f"No built-in data set for {task}: point data.train/validation/test at your files.")

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ptuning_v2.cli.arguments import add_overrides
-from ptuning_v2.config import load_run_config
+from ptuning_v2.config import ConfigError, read_config_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +28,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ptuning_v2.methods import load_run_config
+    from ptuning_v2.training.multitask_config import is_multitask_config
     from ptuning_v2.training.recipe import train_run
 
+    if args.config and is_multitask_config(read_config_file(args.config)):
+        raise ConfigError(
+            f"{args.config}: a multi-task config (it lists tasks): use ptv2 train-multi {args.config}"
+        )
     config = load_run_config(args.config, args.overrides)
     output_dir = args.output_dir or config.output_dir
     if not output_dir:

@@ -1,10 +1,10 @@
-"""Side-by-side comparison of fine-tuning methods on one task, one split and one budget.
+"""The one comparison runner: methods side by side on one task, one split and one budget.
 
-Every method runs in its own process (``python -m ptuning_v2.evaluation.compare RUN_CONFIG DIR``),
-so each run's peak memory is its own (the parent reads it with ``os.wait4``) and a method that
-crashes cannot take the others down. All methods get the same config; only the values a method's
-own defaults set (its learning rates, say) differ, unless the config pins them, and
-``method_overrides`` can change any field for one method.
+``ptv2 compare``, ``ptv2 demo`` and the untuned baseline (``--methods untuned,...``) all run here.
+Every method runs in its own process, so each run's peak memory is its own (the parent reads it
+with ``os.wait4``) and a method that crashes cannot take the others down. All methods get the same
+config; only the values a method's own defaults set (its learning rates, say) differ, unless the
+config pins them, and ``method_overrides`` can change any field for one method.
 
 Fairness options: ``tune_trials`` gives every method the same number of ``ptv2 tune`` trials on dev
 before its test run; ``seeds`` repeats every run with consecutive seeds and reports mean ± standard
@@ -13,32 +13,26 @@ deviation; ``budget_seconds`` gives every method the same training time instead 
 
 from __future__ import annotations
 
+import codecs
 import copy
 import json
-import math
 import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-from ptuning_v2.config import ConfigError, RunConfig, apply_overrides, read_config_file, with_method_defaults
+from ptuning_v2.config import ConfigError, RunConfig, apply_overrides, read_config_file
+from ptuning_v2.experiments import UNTUNED
+from ptuning_v2.experiments.report import markdown_report, plot
+from ptuning_v2.methods import compared_methods, get_method, resolve_run_config
 from ptuning_v2.tuning.space import apply_params, set_path
-from ptuning_v2.utils.io import atomic_write, write_json_atomic, write_text_atomic
+from ptuning_v2.utils.io import write_json_atomic, write_text_atomic
 
-DEFAULT_METHODS = (
-    "full",
-    "linear_probe",
-    "prompt_tuning",
-    "ptuning_v1",
-    "prefix_tuning",
-    "ptuning_v2",
-    "lora",
-)
 CHILD_FILE = "child.json"
 LOG_FILE = "train.log"
 ROW_FILE = "row.json"
@@ -52,10 +46,32 @@ def read_base_config(path: str | Path, overrides: list[str]) -> dict[str, Any]:
     return apply_overrides(read_config_file(path), overrides)
 
 
+def default_methods() -> list[str]:
+    """What ``ptv2 compare`` runs when no methods are named: the registry's compared methods."""
+    return compared_methods()
+
+
+def check_methods(methods: list[str]) -> None:
+    """Every name is a registered method or the untuned baseline."""
+    if not methods:
+        raise ConfigError("--methods: no method given")
+    for method in methods:
+        if method != UNTUNED:
+            try:
+                get_method(method)
+            except ValueError as exc:
+                raise ConfigError(f"--methods: {exc} (or {UNTUNED!r}, the untuned baseline)") from exc
+
+
 def method_data(base: dict[str, Any], method: str, overrides: list[str]) -> dict[str, Any]:
-    """``base`` (the user's config, before any method defaults) for ``method``, with its overrides."""
+    """``base`` (the user's config, before any method defaults) for ``method``, with its overrides.
+
+    The untuned baseline keeps the config's own method: it builds nothing of it, and its run config
+    then reads like the config it is the baseline of.
+    """
     data = apply_overrides(copy.deepcopy(base), overrides)
-    data["method"] = method
+    if method != UNTUNED:
+        data["method"] = method
     return data
 
 
@@ -66,7 +82,7 @@ def method_config(
     data = apply_params(data, params or {})
     if seed is not None:
         set_path(data, "train.seed", seed)
-    return RunConfig.from_dict(with_method_defaults(data), f"{source} ({data['method']})")
+    return resolve_run_config(data, f"{source} ({data.get('method', RunConfig.method)})")
 
 
 def tune_method(
@@ -92,23 +108,28 @@ def tune_method(
     }
 
 
-def run_method(run: RunConfig, directory: Path) -> dict[str, Any]:
-    """Train one method in a child process; its row of the comparison, failed or not."""
+def run_method(run: RunConfig, directory: Path, name: str, show_progress: bool = False) -> dict[str, Any]:
+    """Train method ``name`` (or score the untuned baseline) in a child process; its row of the
+    comparison, failed or not. ``show_progress`` also copies the child's output (progress bars) to
+    stderr; the run's log gets it either way."""
     directory.mkdir(parents=True, exist_ok=True)
     config_path = write_json_atomic(directory / "run_config.json", run.to_dict())
+    command = [sys.executable, "-m", __name__, str(config_path), str(directory), name]
     started = time.perf_counter()
-    with open(directory / LOG_FILE, "w", encoding="utf-8") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "ptuning_v2.evaluation.compare", str(config_path), str(directory)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    with open(directory / LOG_FILE, "wb") as log:
+        if show_progress:
+            child = subprocess.Popen(
+                [*command, "--progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            _tee(child.stdout, log)  # type: ignore[arg-type]  # a pipe, as asked
+        else:
+            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
-    row: dict[str, Any] = {
-        "method": run.method,
-        "lr": run.train.lr,
-        "head_lr": run.train.head_lr,
+    row: dict[str, Any] = {"method": name}
+    if name != UNTUNED:  # nothing is trained, so no learning rate applies
+        row |= {"lr": run.train.lr, "head_lr": run.train.head_lr}
+    row |= {
         "wall_seconds": round(time.perf_counter() - started, 1),
         "peak_rss_bytes": usage.ru_maxrss * 1024,  # Linux reports KiB
         "run_dir": str(directory),
@@ -136,6 +157,15 @@ def run_method(run: RunConfig, directory: Path) -> dict[str, Any]:
     }
     write_json_atomic(directory / ROW_FILE, row)
     return row
+
+
+def _tee(source: IO[bytes], log: IO[bytes]) -> None:
+    """Copy a child's output to its log and to stderr as it comes (stderr may be a text stream only)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while chunk := source.read1(4096):  # type: ignore[attr-defined]  # a BufferedReader
+        log.write(chunk)
+        sys.stderr.write(decoder.decode(chunk))
+        sys.stderr.flush()
 
 
 def finished_row(run: RunConfig, directory: Path) -> dict[str, Any] | None:
@@ -173,6 +203,7 @@ def run_comparison(
     tune_trials: int | None = None,
     seeds: int = 1,
     budget_seconds: float | None = None,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     """Run every method, then write ``comparison.json``, ``comparison.md`` and ``comparison.png``.
 
@@ -180,8 +211,10 @@ def run_comparison(
     config is read back instead of trained again (per seed). ``tune_trials`` searches each method's
     space on dev first (``OUTPUT_DIR/tune/METHOD``, resumable); ``seeds`` > 1 runs seeds
     ``train.seed``, ``train.seed + 1``, ... in ``RUNS_DIR/METHOD/seed_S``; ``budget_seconds`` sets
-    ``train.max_seconds`` for every run.
+    ``train.max_seconds`` for every run. The untuned baseline (``untuned`` among ``methods``) is
+    scored, not trained, and not tuned.
     """
+    check_methods(methods)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     if tune_trials is not None and tune_trials < 1:
@@ -198,7 +231,7 @@ def run_comparison(
     tune_section = base.pop("tune", None)
     if budget_seconds is not None:
         set_path(base, "train.max_seconds", budget_seconds)
-    reference = RunConfig.from_dict(with_method_defaults(copy.deepcopy(base)), source)
+    reference = resolve_run_config(copy.deepcopy(base), source)
     seed_list = [reference.train.seed + i for i in range(seeds)]
     from ptuning_v2.tasks import get_task  # importing tasks loads datasets; keep the CLI start fast
 
@@ -210,7 +243,7 @@ def run_comparison(
             data = method_data(base, method, method_overrides.get(method, []))
             method_config(data, source)  # a bad config fails here, before any search
             tuned = None
-            if tune_trials:
+            if tune_trials and method != UNTUNED:
                 tuned = tune_method(data, tune_section, tune_trials, output_dir / "tune" / method, source)
             runs = [method_config(data, source, tuned and tuned["params"], seed) for seed in seed_list]
         except (
@@ -223,9 +256,10 @@ def run_comparison(
         seed_rows = []
         for run in runs:
             directory = runs_dir / method if seeds == 1 else runs_dir / method / f"seed_{run.train.seed}"
-            row = finished_row(run, directory) if reuse else None
-            seed_rows.append({**(row or run_method(run, directory)), "seed": run.train.seed})
-            status = seed_rows[-1]["status"] + (" (reused the finished run)" if row else "")
+            reused = finished_row(run, directory) if reuse else None
+            row = reused or run_method(run, directory, method, show_progress)
+            seed_rows.append({**row, "seed": run.train.seed})
+            status = seed_rows[-1]["status"] + (" (reused the finished run)" if reused else "")
             label = method if seeds == 1 else f"{method} seed {run.train.seed}"
             print(f"[compare] {label}: {status}", file=sys.stderr, flush=True)
         row = seed_rows[0] if seeds == 1 else aggregate(method, seed_rows)
@@ -305,156 +339,22 @@ def budget(run: RunConfig) -> dict[str, Any]:
     }
 
 
-def _metric(row: dict[str, Any], split: str, metric: str) -> float | None:
-    value = row.get(split, {}).get(metric)
-    return None if value is None else float(value)
-
-
-def _size(n_bytes: float | None) -> str:
-    if n_bytes is None:
-        return "-"
-    if n_bytes < 1024:
-        return f"{n_bytes:.0f} B"
-    exponent = min(int(math.log(n_bytes, 1024)), 3)
-    return f"{n_bytes / 1024**exponent:.1f} {('B', 'KiB', 'MiB', 'GiB')[exponent]}"
-
-
-def _count(n: int | None) -> str:
-    if n is None:
-        return "-"
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
-
-
-def _value(row: dict[str, Any], split: str, metric: str) -> str:
-    """``mean`` or ``mean ± std`` (over seeds) of one metric, ``-`` when there is none."""
-    mean = _metric(row, split, metric)
-    if mean is None:
-        return "-"
-    std = row.get(f"{split}_std", {}).get(metric)
-    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
-
-
-def markdown_report(result: dict[str, Any]) -> str:
-    metric = result["metric"]
-    b = result["budget"]
-    seeds = result.get("seeds") or [b["seed"]]
-    length = f"{b['max_steps']} steps" if b["max_steps"] else f"{b['epochs']} epochs"
-    if b.get("max_seconds"):
-        length = f"{b['max_seconds']:g} s of training each (evaluation not counted; steps differ), at most {length}"
-    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
-    lines = [
-        f"# Method comparison: {result['task']} on {result['data']} with {result['model']}",
-        "",
-        f"Command: `{result['command']}`" if result["command"] else "",
-        "",
-        f"Budget (same for every method): {length}, batch {b['batch_size']}, max_length {b['max_length']}, "
-        f"train examples {b['max_train_examples'] or 'all'}, eval examples {b['max_eval_examples'] or 'all'}, "
-        f"{seed_text}, prompt length {b['prompt_length']}{' unless tuned' if result.get('tune_trials') else ''}; "
-        f"device {result['device']}.",
-        "Metric of the best dev checkpoint on dev and test; memory is the peak RSS of the method's process"
-        + (" (and peak CUDA memory)." if result["device"] == "cuda" else "."),
-    ]
-    if len(seeds) > 1:
-        lines.append(
-            f"Metrics are mean ± sample standard deviation over {len(seeds)} runs per method (one per seed; "
-            "the seed sets initialisation, data order and any max_*_examples subsets); times, steps and "
-            "memory are means."
-        )
-    if result.get("tune_trials"):
-        lines.append(
-            f"Hyper-parameters: each method's best of {result['tune_trials']} `ptv2 tune` trials on dev "
-            "(values below the table; studies and trial tables in OUTPUT_DIR/tune/METHOD/)."
-        )
-    lines += [
-        "",
-        f"| method | status | dev {metric} | test {metric} | trainable params | share | checkpoint | "
-        "train time | steps | peak memory | lr / head lr |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in result["methods"]:
-        memory = _size(row.get("peak_rss_bytes"))
-        if row.get("peak_cuda_bytes"):
-            memory += f" (CUDA {_size(row['peak_cuda_bytes'])})"
-        share = row.get("trainable_share")
-        lr = f"{row['lr']:g} / {row['head_lr']:g}" if "lr" in row else "-"
-        train_time = f"{row['train_seconds']:.0f} s" if row.get("train_seconds") is not None else "-"
-        steps = f"{row['steps']:.0f}" if row.get("steps") is not None else "-"
-        lines.append(
-            f"| {row['method']} | {row['status']} | {_value(row, 'dev', metric)} | "
-            f"{_value(row, 'test', metric)} | {_count(row.get('trainable_params'))} | "
-            f"{'-' if share is None else f'{share:.3%}'} | {_size(row.get('checkpoint_bytes'))} | "
-            f"{train_time} | {steps} | {memory} | {lr} |"
-        )
-    tuned = [row for row in result["methods"] if row.get("tuned")]
-    if tuned:
-        lines += ["", "Tuned values (best trial, its dev score):", ""]
-        for row in tuned:
-            t = row["tuned"]
-            values = ", ".join(
-                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items()
-            )
-            lines.append(f"- {row['method']}: trial {t['best_trial']}, dev {metric} {t['dev']:.4f}: {values}")
-    reused = [row["method"] for row in result["methods"] if row.get("reused")]
-    if reused:
-        lines += [
-            "",
-            f"Read back from an earlier run of the identical config (`--reuse`): {', '.join(reused)}.",
-        ]
-    failed = [row for row in result["methods"] if row["status"] != "ok"]
-    if failed:
-        lines += ["", "Failed runs:", ""]
-        lines += [f"- {row['method']}: {row['error']}" for row in failed]
-    return "\n".join(lines) + "\n"
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    """Test metric (dev where there is no test split) against trainable parameters, log x.
-
-    Over several seeds each method is its mean with ± one standard deviation as an error bar, and
-    every seed's run as a faint dot.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric = result["metric"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    split = "test"
-    for index, row in enumerate(result["methods"]):
-        if _metric(row, "test", metric) is None and _metric(row, "dev", metric) is None:
-            continue
-        split = "test" if row["test"] else "dev"
-        color = f"C{index % 10}"
-        y, x = _metric(row, split, metric), row["trainable_params"]
-        std = row.get(f"{split}_std", {}).get(metric)
-        ax.errorbar(x, y, yerr=std, fmt="o", color=color, capsize=4, markersize=6)
-        for run in row.get("runs", []):
-            if run["status"] == "ok":
-                ax.scatter(x, _metric(run, split, metric), s=12, color=color, alpha=0.35)
-        ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale)")
-    seeds = result.get("seeds") or []
-    ax.set_ylabel(f"{split} {metric}" + (f" (mean ± std, {len(seeds)} seeds)" if len(seeds) > 1 else ""))
-    ax.set_title(f"{result['task']} on {result['data']} ({result['model']})")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-
-
-def _child_main(config_path: str, directory: str) -> None:
-    """One method's run, in its own process: train, then record the CUDA peak next to metrics.json."""
+def _child_main(config_path: str, directory: str, name: str, *flags: str) -> None:
+    """One method's run, in its own process: train it (or score the untuned baseline), then record the
+    CUDA peak next to metrics.json."""
+    from ptuning_v2.experiments.untuned import evaluate_untuned
     from ptuning_v2.training.recipe import train_run
 
     run = RunConfig.from_dict(json.loads(Path(config_path).read_text(encoding="utf-8")), config_path)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    train_run(run, directory, show_progress=False, overwrite=True)  # run_method decided to (re)train
+    if name == UNTUNED:
+        evaluate_untuned(run, directory)
+    else:  # run_method decided to (re)train
+        train_run(run, directory, show_progress="--progress" in flags, overwrite=True)
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     write_json_atomic(Path(directory) / CHILD_FILE, {"peak_cuda_bytes": peak})
 
 
 if __name__ == "__main__":
-    _child_main(*sys.argv[1:3])
+    _child_main(*sys.argv[1:])
