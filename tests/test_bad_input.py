@@ -162,6 +162,8 @@ def test_every_record_is_counted(trained: Path) -> None:
             "skipped": {"data.max_eval_examples=8": 4},
             "changed": {},
         }
+    first = json.loads((trained / "log.jsonl").read_text().splitlines()[0])  # and the log opens with it
+    assert first == {"type": "data", "step": 0, "report": report}
     labels = json.loads((trained / "checkpoint" / "ptv2_checkpoint.json").read_text())["task_state"]["labels"]
     assert labels == ["neg", "pos"]  # "neg " did not become a third class
 

@@ -114,6 +114,9 @@ class TrainConfig:
     """Write a resumable state every N steps (and at each evaluation); null: only at evaluations."""
     keep_states: int = 2
     """How many of the newest resumable states (OUTPUT_DIR/states/step-N) to keep."""
+    backbone_dropout: bool = True
+    """Deep-prompt methods: keep the frozen backbone's own dropout on in training, as the official code does.
+    Off, a step is cheaper (no dropout masks, the fused attention kernel); docs/performance.md measures both."""
     gradient_checkpointing: bool = False
     """Recompute the backbone's layers in the backward pass: less activation memory for one more forward
     pass of compute. Works with deep prompts (they travel with each layer call, so the recompute sees them)."""

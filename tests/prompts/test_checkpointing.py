@@ -166,3 +166,36 @@ def test_the_run_option_turns_checkpointing_on_for_training(tiny_bert_dir: Path)
     out = model({"input_ids": IDS, "attention_mask": MASK, "labels": torch.tensor([0, 1])})
     out["loss"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.prompt.parameters())
+
+
+def test_backbone_dropout_off_trains_through_a_deterministic_backbone(tiny_bert_dir: Path) -> None:
+    from ptuning_v2.tasks.classification import ClassificationModel
+
+    def model_with(backbone_dropout: bool) -> torch.nn.Module:
+        torch.manual_seed(0)
+        backbone = AutoModel.from_pretrained(
+            tiny_bert_dir, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3
+        )
+        prompted = DeepPromptModel(
+            backbone, DeepPromptConfig(num_virtual_tokens=3), backbone_dropout=backbone_dropout
+        )
+        return ClassificationModel(prompted, 32, 2, "mean", dropout=0.0)
+
+    batch = {"input_ids": IDS, "attention_mask": MASK}
+    on, off = model_with(True).train(), model_with(False).train()
+    assert not torch.equal(on(batch)["logits"], on(batch)["logits"])  # the backbone's dropout is on
+    first = off(batch)["logits"]
+    assert torch.equal(first, off(batch)["logits"])  # off: training computes as evaluation does
+    with torch.no_grad():
+        torch.testing.assert_close(first, off.eval()(batch)["logits"])
+    off.train()
+    assert off.encoder.prompt.training and not off.encoder.backbone.training
+    # checkpointed layers keep their training flag, so the recompute still happens
+    off.encoder.gradient_checkpointing_enable()
+    off.train()
+    calls = []
+    for module in off.encoder.backbone.modules():
+        if hasattr(module, "_ptv2_slot"):
+            module.register_forward_pre_hook(lambda *_: calls.append(1))
+    off(batch)["logits"].sum().backward()
+    assert len(calls) == 2 * 2 and all(p.grad is not None for p in off.encoder.prompt.parameters())

@@ -161,7 +161,13 @@ def test_resume_applies_safe_changes_and_refuses_the_rest(
     train_run(
         load_run_config(config, [*SETTINGS, "train.max_steps=2"]), out, show_progress=False, overwrite=True
     )
-    assert complete_steps(out) == [2] and [r["step"] for r in log_records(out)] == [1, 2, 2]
+    records = log_records(out)  # the new run's log alone: its data report, then steps 1 and 2
+    assert complete_steps(out) == [2] and [(r["type"], r["step"]) for r in records] == [
+        ("data", 0),
+        ("train", 1),
+        ("train", 2),
+        ("eval", 2),
+    ]
 
 
 def test_a_diverging_loss_stops_the_run_and_predict_prints_valid_json(

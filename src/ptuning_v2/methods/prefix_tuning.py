@@ -18,7 +18,8 @@ from ptuning_v2.prompts.model import DeepPromptModel
 
 
 def build_prefix_tuning(backbone: nn.Module, config: RunConfig, tokenizer: Any) -> nn.Module:
-    return DeepPromptModel(backbone, dataclasses.replace(config.prompt, reparameterize=True), tokenizer)
+    prompt = dataclasses.replace(config.prompt, reparameterize=True)
+    return DeepPromptModel(backbone, prompt, tokenizer, backbone_dropout=config.train.backbone_dropout)
 
 
 register_method(

@@ -12,7 +12,7 @@ from ptuning_v2.prompts.model import DeepPromptModel
 
 
 def build_ptuning_v2(backbone: nn.Module, config: RunConfig, tokenizer: Any) -> nn.Module:
-    return DeepPromptModel(backbone, config.prompt, tokenizer)
+    return DeepPromptModel(backbone, config.prompt, tokenizer, backbone_dropout=config.train.backbone_dropout)
 
 
 register_method(

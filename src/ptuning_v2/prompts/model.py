@@ -47,10 +47,17 @@ class DeepPromptModel(nn.Module):
     the backbone back exactly as it was (attention, hooks, trainable flags).
     """
 
-    def __init__(self, backbone: nn.Module, config: DeepPromptConfig, tokenizer: Any = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        config: DeepPromptConfig,
+        tokenizer: Any = None,
+        backbone_dropout: bool = True,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.prompt_config = config
+        self.backbone_dropout = backbone_dropout
         if not getattr(backbone, "_ptv2_installs", 0):  # the first wrapper keeps the flags to restore
             backbone._ptv2_requires_grad = {name: p.requires_grad for name, p in backbone.named_parameters()}
         for param in backbone.parameters():
@@ -125,6 +132,17 @@ class DeepPromptModel(nn.Module):
         """Decoder-only models: position ids of the real tokens (from the mask unless given), shifted by
         ``position_offset``; other models: ``inputs`` unchanged."""
         return decoder_positions(inputs, self.position_offset) if self.decoder_only else inputs
+
+    def train(self, mode: bool = True) -> DeepPromptModel:
+        """Training mode; with ``backbone_dropout=False`` the frozen backbone computes as in evaluation
+        (no dropout), except that checkpointed layers keep their training flag, which turns the
+        recompute on (their dropout lives in submodules, which are off)."""
+        super().train(mode)
+        if mode and not self.backbone_dropout:
+            for module in self.backbone.modules():
+                if not getattr(module, "gradient_checkpointing", False):
+                    module.training = False
+        return self
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         """Recompute the backbone's layers in the backward pass (the prompts travel with each call, so

@@ -142,7 +142,16 @@ def train_run(
 
     train_features = features["train"]
     trainer = Trainer(
-        run, task, model, train_features, eval_sets, output_dir, save, show_progress, on_evaluate=on_evaluate
+        run,
+        task,
+        model,
+        train_features,
+        eval_sets,
+        output_dir,
+        save,
+        show_progress,
+        on_evaluate=on_evaluate,
+        data_report=report.to_dict(),
     )
     state = trainer.train(resume=resume, stop_at_step=pause_at_step)
     if state.step < trainer.total_steps and not (state.stopped_early or state.out_of_time):

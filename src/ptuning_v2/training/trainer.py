@@ -221,8 +221,10 @@ class Trainer:
         save_checkpoint: Callable[[Path, nn.Module], int],
         show_progress: bool = True,
         on_evaluate: Callable[[int, float], None] | None = None,
+        data_report: dict[str, Any] | None = None,
     ) -> None:
-        """``on_evaluate(step, dev_metric)`` runs after each dev evaluation (a search may stop a weak run)."""
+        """``on_evaluate(step, dev_metric)`` runs after each dev evaluation (a search may stop a weak run);
+        ``data_report`` (records read, used, skipped, changed per split) opens a fresh run's log."""
         self.run = run
         self.cfg = run.train
         self.task = task
@@ -232,6 +234,8 @@ class Trainer:
         self.save_checkpoint = save_checkpoint
         self.show_progress = show_progress
         self.on_evaluate = on_evaluate
+        self.data_report = data_report
+        self._written = 0  # records of state.history already in log.jsonl
         # cpu=True without a GPU lets several CPU processes (torchrun / accelerate launch) train with gloo.
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
@@ -320,10 +324,11 @@ class Trainer:
         self.state.history.append(record)
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            line = json.dumps(record) + "\n"
+            line = "".join(json.dumps(r) + "\n" for r in self.state.history[self._written :])
             with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as f:
                 crash_point("log", record["step"], before=lambda: (f.write(line[:20]), f.flush()))
                 f.write(line)
+        self._written = len(self.state.history)
         if self.cfg.log_with:
             self.accelerator.log(tracker_values(record), step=record["step"])
 
@@ -461,7 +466,7 @@ class Trainer:
             torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"])
         patience = self.cfg.early_stopping_patience  # it may have changed
         state.stopped_early = patience is not None and state.bad_evals >= patience
-        self.state, self._saved_step = state, state.step
+        self.state, self._saved_step, self._written = state, state.step, len(state.history)
         if self.accelerator.is_main_process:
             # The log again holds exactly the records up to this state: later ones are replayed.
             write_text_atomic(
@@ -489,6 +494,8 @@ class Trainer:
             clean_partial_states(self.output_dir / STATES_DIR)  # what a killed state write left
         if resume:
             self.load_state(newest_state(self.output_dir))
+        elif self.data_report is not None:  # written with the first step's line: by then every process
+            self.state.history.append({"type": "data", "step": 0, "report": self.data_report})  # has started
         cfg, acc, state = self.cfg, self.accelerator, self.state
         model = self.model
         model.train()
