@@ -326,14 +326,6 @@ class GenerationTask(Task):
         }
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, texts: list[Any]) -> list[dict[str, Any]]:
-        """Inputs: a source text, or a JSON object (or dict) with the columns the template uses."""
-        if not texts:
-            return []
-        features = self.predict_features(texts)
-        return self.decode_predictions(texts, features, self.run_features(model, features))
-
-    @torch.no_grad()
     def run_features(
         self, model: nn.Module, features: list[list[dict[str, Any]]]
     ) -> list[list[dict[str, Any]]]:
@@ -348,7 +340,8 @@ class GenerationTask(Task):
         return group_rows(rows, features)
 
     def predict_features(self, texts: list[Any]) -> list[list[dict[str, Any]]]:
-        """One feature per input: its prompt (or source) token ids."""
+        """One feature per input: its prompt (or source) token ids. Inputs: a source text, or a JSON object
+        (or dict) with the columns the template uses."""
         features = [[self.encode(self.input_row(text))] for text in texts]
         self._flush_cuts("predict")
         return features

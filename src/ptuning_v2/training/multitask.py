@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,12 @@ from ptuning_v2.training.multitask_config import MultiTaskConfig, TaskSpec
 from ptuning_v2.training.optim import build_scheduler, param_groups
 from ptuning_v2.training.recipe import load_splits
 from ptuning_v2.training.tracking import progress_bar
-from ptuning_v2.training.trainer import TrainingDivergedError, epoch_batches, resolve_mixed_precision
+from ptuning_v2.training.trainer import (
+    TrainingDivergedError,
+    epoch_batches,
+    replace_run_files,
+    resolve_mixed_precision,
+)
 from ptuning_v2.utils.io import write_json_atomic
 
 RUN_FILES = ("metrics.json", "log.jsonl", "tasks")
@@ -119,20 +123,6 @@ class TaskRun:
         return value > self.best_metric if self.task.higher_is_better else value < self.best_metric
 
 
-def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Refuse a folder that holds a run unless ``overwrite`` (then its run files are removed)."""
-    found = [name for name in RUN_FILES if (output_dir / name).exists()]
-    if found and not overwrite:
-        raise ConfigError(
-            f"{output_dir}: holds a previous run ({', '.join(found)}); pass --overwrite to replace it "
-            "or choose another --output-dir"
-        )
-    for name in found:
-        path = output_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-
 def build_task_models(
     config: MultiTaskConfig, tasks: list[Task], backbone: nn.Module, tokenizer: Any
 ) -> list[nn.Module]:
@@ -188,7 +178,8 @@ def train_multitask(
             "multi-task training runs in one process: start ptv2 train-multi directly, "
             "not under torchrun or accelerate launch"
         )
-    prepare_output_dir(output_dir, overwrite)
+    replace_run_files(output_dir, RUN_FILES, overwrite)
+    output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
     device = accelerator.device
 

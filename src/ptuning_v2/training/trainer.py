@@ -94,11 +94,19 @@ def prepare_output_dir(output_dir: Path, run: RunConfig, resume: bool, overwrite
         state = newest_state(output_dir)
         resume_changes(read_state_meta(state)["run_config"], run, state)  # refuse before loading the model
         return
-    found = [name for name in RUN_FILES if (output_dir / name).exists()]
+    replace_run_files(output_dir, RUN_FILES, overwrite, ", --resume to continue it")
+
+
+def replace_run_files(
+    output_dir: Path, names: tuple[str, ...], overwrite: bool, alternatives: str = ""
+) -> None:
+    """Refuse a folder that holds any of a run's files ``names`` unless ``overwrite``; then remove those
+    files, nothing else."""
+    found = [name for name in names if (output_dir / name).exists()]
     if found and not overwrite:
         raise ConfigError(
-            f"{output_dir}: holds a previous run ({', '.join(found)}); pass --overwrite to replace it, "
-            "--resume to continue it, or choose another --output-dir"
+            f"{output_dir}: holds a previous run ({', '.join(found)}); pass --overwrite to replace it"
+            f"{alternatives}, or choose another --output-dir"
         )
     for name in found:
         path = output_dir / name
