@@ -7,23 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_runs import sentiment_run
 from transformers import BertConfig, BertModel
 
 from ptuning_v2.cli.main import main
 
 
 def train_args(model_dir: Path, csvs: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    sets = [
-        f"model={model_dir}",
-        f"data.train={csvs['train']}",
-        f"data.validation={csvs['validation']}",
-        f"data.test={csvs['test']}",
-        "data.columns={text: review, label: sentiment}",
-        "train.batch_size=8",
-        "train.max_steps=4",
-        "train.eval_every=2",
-        *extra,
-    ]
+    sets = sentiment_run(model_dir, csvs, "train.max_steps=4", "train.eval_every=2", *extra)
     return ["train", "--no-progress", "--output-dir", str(out)] + [a for s in sets for a in ("--set", s)]
 
 

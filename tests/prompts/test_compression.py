@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import sentiment_run
 from transformers import AutoTokenizer
 
 from ptuning_v2.cli.main import main
@@ -26,20 +27,16 @@ def trained(model_dir: Path, csvs: dict[str, Path], out: Path, *extra: str) -> P
     """A few real training steps; prompts of k = 8 x width 64 (tiny BERT: 2 x 32), large enough to matter."""
     run: RunConfig = load_run_config(
         None,
-        [
-            f"model={model_dir}",
-            f"data.train={csvs['train']}",
-            f"data.validation={csvs['validation']}",
-            f"data.test={csvs['test']}",
-            "data.columns={text: review, label: sentiment}",
-            "train.batch_size=8",
+        sentiment_run(
+            model_dir,
+            csvs,
             "train.max_steps=4",
             "train.eval_every=4",
             "train.lr=5e-2",
             "prompt.num_virtual_tokens=8",
             "prompt.init_std=1.0",
             *extra,
-        ],
+        ),
     )
     train_run(run, out, show_progress=False)
     return out / "checkpoint"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from tiny_runs import sentiment_run
 from transformers import BertModel
 
 from ptuning_v2.config import RunConfig, TrainConfig
@@ -18,13 +19,9 @@ from ptuning_v2.training.recipe import train_run
 def run_config(model_dir: Path, csvs: dict[str, Path], *extra: str) -> RunConfig:
     return load_run_config(
         None,
-        [
-            f"model={model_dir}",
-            f"data.train={csvs['train']}",
-            f"data.validation={csvs['validation']}",
-            f"data.test={csvs['test']}",
-            "data.columns={text: review, label: sentiment}",
-            "train.batch_size=8",
+        sentiment_run(
+            model_dir,
+            csvs,
             "train.max_steps=12",
             "train.eval_every=4",
             "train.lr=5e-2",
@@ -32,7 +29,7 @@ def run_config(model_dir: Path, csvs: dict[str, Path], *extra: str) -> RunConfig
             "prompt.num_virtual_tokens=4",
             "prompt.dropout=0.1",
             *extra,
-        ],
+        ),
     )
 
 
