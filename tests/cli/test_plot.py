@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tiny_runs import sentiment_run
 
 from ptuning_v2.cli.main import main
 from ptuning_v2.methods import load_run_config
@@ -22,16 +23,13 @@ def tiny_run(tiny_bert_dir: Path, sentiment_csvs: dict[str, Path], tmp_path: Pat
     """A real (tiny) training run: log.jsonl, metrics.json and checkpoint/ as `ptv2 train` leaves them."""
     run = load_run_config(
         None,
-        [
-            f"model={tiny_bert_dir}",
-            f"data.train={sentiment_csvs['train']}",
-            f"data.validation={sentiment_csvs['validation']}",
-            "data.columns={text: review, label: sentiment}",
-            "train.batch_size=8",
+        sentiment_run(
+            tiny_bert_dir,
+            sentiment_csvs,
             "train.max_steps=8",
             "train.eval_every=2",
             "prompt.num_virtual_tokens=4",
-        ],
+        ),
     )
     train_run(run, tmp_path / "rt", show_progress=False)
     return tmp_path / "rt"

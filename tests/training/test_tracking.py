@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny_runs import sentiment_run
 
 from ptuning_v2.methods import load_run_config
 from ptuning_v2.training.recipe import train_run
@@ -19,18 +20,15 @@ def test_tensorboard_events_and_one_summary_line(
 ) -> None:
     run = load_run_config(
         None,
-        [
-            f"model={tiny_bert_dir}",
-            f"data.train={sentiment_csvs['train']}",
-            f"data.validation={sentiment_csvs['validation']}",
-            "data.columns={text: review, label: sentiment}",
-            "train.batch_size=8",
+        sentiment_run(
+            tiny_bert_dir,
+            sentiment_csvs,
             "train.max_steps=6",
             "train.eval_every=3",
             "train.lr=5e-2",
             "prompt.num_virtual_tokens=4",
             "train.log_with=tensorboard",
-        ],
+        ),
     )
     train_run(run, tmp_path / "run", show_progress=True)
 
