@@ -57,7 +57,7 @@ def test_compare_runs_each_method_and_reports_a_failure(config_path: Path, tmp_p
     )
     assert "ConfigError" in failed["error"] and "positions" in failed["error"]
     # the method's own defaults apply under the shared config: ptuning_v2's learning rate
-    assert ok["lr"] == 1e-2 and ok["steps"] == 2
+    assert ok["lr"] == 5e-2 and ok["steps"] == 2
     assert ok["trainable_params"] == 2 * 4 * 2 * 32 + (32 * 2 + 2)  # layers * k * (key + value) + head
     assert ok["peak_rss_bytes"] > 50 * 2**20 and ok["checkpoint_bytes"] > 0
     assert 0 <= ok["test"]["accuracy"] <= 1
@@ -123,12 +123,12 @@ def test_reuse_reads_back_unchanged_methods_and_retrains_changed_ones(
     adapter = out / "runs" / "linear_probe" / "checkpoint" / "adapter.safetensors"
     trained_at = adapter.stat().st_mtime_ns
 
-    assert main([*args, "--reuse", "--method-set", "ptuning_v2:train.lr=0.05"]) == 0
+    assert main([*args, "--reuse", "--method-set", "ptuning_v2:train.lr=0.02"]) == 0
     second = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
     (_, l_first), (p_second, l_second) = first["methods"], second["methods"]
     assert adapter.stat().st_mtime_ns == trained_at  # not trained again
     assert l_second == {**l_first, "reused": True}
-    assert "reused" not in p_second and p_second["lr"] == 0.05
+    assert "reused" not in p_second and p_second["lr"] == 0.02
     assert "(`--reuse`): linear_probe." in (out / "comparison.md").read_text(encoding="utf-8")
     assert "linear_probe: ok (reused the finished run)" in capsys.readouterr().err
 

@@ -8,7 +8,7 @@ from transformers import LlamaConfig
 
 from ptuning_v2.cli.commands.suggest_config import GUIDANCE
 from ptuning_v2.cli.main import main
-from ptuning_v2.methods import load_run_config
+from ptuning_v2.methods import get_method, load_run_config
 from ptuning_v2.tasks import TASKS
 
 
@@ -25,8 +25,11 @@ def suggested(capsys, tmp_path, *argv: str):
 def test_every_task_gets_a_valid_config_with_its_prompt_length(tiny_bert_dir, capsys, tmp_path, task) -> None:
     config, raw = suggested(capsys, tmp_path, "--task", task, "--model", str(tiny_bert_dir))
     assert (config.task, config.method, config.model) == (task, "ptuning_v2", str(tiny_bert_dir))
-    assert config.prompt.num_virtual_tokens == GUIDANCE[task].prompt_length
-    assert config.train.lr == GUIDANCE[task].lr
+    swept = get_method("ptuning_v2").task_defaults.get(task, {})  # the sweeps' numbers, where there are
+    assert config.prompt.num_virtual_tokens == swept.get(
+        "prompt.num_virtual_tokens", GUIDANCE[task].prompt_length
+    )
+    assert config.train.lr == swept.get("train.lr", GUIDANCE[task].lr)
     assert raw["data"]  # a built-in data set or file placeholders
 
 
@@ -39,7 +42,16 @@ def test_very_large_models_get_shorter_prompts(capsys, tmp_path) -> None:
     big = tmp_path / "big"
     LlamaConfig(hidden_size=8192, num_hidden_layers=80, vocab_size=32000).save_pretrained(big)
     config, _ = suggested(capsys, tmp_path, "--task", "classification", "--model", str(big))
-    assert config.prompt.num_virtual_tokens == GUIDANCE["classification"].prompt_length // 4
+    assert config.prompt.num_virtual_tokens == 32 // 4  # P-Tuning v2's swept classification length, quartered
+
+
+def test_swept_defaults_replace_the_guidance_for_ptuning_v2_only(tiny_bert_dir, capsys, tmp_path) -> None:
+    config, _ = suggested(capsys, tmp_path, "--task", "ner", "--model", str(tiny_bert_dir))
+    assert (config.train.lr, config.train.head_lr, config.prompt.num_virtual_tokens) == (5e-2, 5e-3, 32)
+    other, _ = suggested(
+        capsys, tmp_path, "--task", "ner", "--model", str(tiny_bert_dir), "--method", "prompt_tuning"
+    )
+    assert (other.train.lr, other.prompt.num_virtual_tokens) == (1e-2, GUIDANCE["ner"].prompt_length)
 
 
 def test_other_methods_keep_their_own_learning_rates(tiny_bert_dir, capsys, tmp_path) -> None:

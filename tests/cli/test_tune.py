@@ -44,7 +44,7 @@ def test_interrupted_search_resumes_and_the_best_config_is_tested_once(
     assert [t.state for t in first] == [TrialState.COMPLETE] * 2
     # trial 0 is the config as written; every dev evaluation (steps 2 and 4) reached the study
     assert first[0].params == {
-        "train.lr": 1e-2,
+        "train.lr": 5e-2,
         "train.head_lr": 5e-3,
         "prompt.num_virtual_tokens": 4,
         "prompt.dropout": 0.0,

@@ -28,7 +28,7 @@ DEFAULTS = {
     "ptuning_v1": (1e-3, 5e-3, 0.0),
     "ptuning_v1_mlp": (1e-3, 5e-3, 0.0),
     "prefix_tuning": (5e-3, 5e-3, 0.0),
-    "ptuning_v2": (1e-2, 5e-3, 0.0),
+    "ptuning_v2": (5e-2, 5e-3, 0.0),  # classification's sweep-chosen rate (1e-2 before the sweeps)
     "lora": (1e-3, 5e-3, 0.0),
 }
 
@@ -109,3 +109,25 @@ def test_ptuning_v1_mlp_refuses_an_lstm_encoder_before_any_data_is_read() -> Non
 def test_a_stored_config_without_the_new_sections_reads_as_before() -> None:
     run = RunConfig.from_dict({"method": "lora", "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.0}})
     assert run.lora.target_modules is None and run.ptuning_v1.encoder is None
+
+
+def test_task_family_defaults_sit_over_the_methods_and_under_the_users(monkeypatch) -> None:
+    method = Method(
+        "family", "per-task defaults", build_full, {"train.lr": 1e-2, "train.head_lr": 5e-3},
+        task_defaults={"ner": {"train.lr": 5e-2, "prompt.num_virtual_tokens": 64}},
+    )  # fmt: skip
+    monkeypatch.setitem(METHODS, "family", method)
+    ner = load_run_config(None, ["method=family", "task=ner"])
+    assert (ner.train.lr, ner.train.head_lr, ner.prompt.num_virtual_tokens) == (5e-2, 5e-3, 64)
+    other = load_run_config(None, ["method=family", "task=classification"])
+    assert (other.train.lr, other.prompt.num_virtual_tokens) == (1e-2, RunConfig().prompt.num_virtual_tokens)
+    mine = load_run_config(
+        None, ["method=family", "task=ner", "train.lr=0.25", "prompt.num_virtual_tokens=8"]
+    )
+    assert (mine.train.lr, mine.prompt.num_virtual_tokens) == (0.25, 8)
+
+
+def test_a_task_family_default_that_is_not_valid_fails_at_registration() -> None:
+    with pytest.raises(ValueError, match="defaults for ner: .*train.lr: must be a positive number"):
+        register_method(Method("bad_family", "x", build_full, task_defaults={"ner": {"train.lr": -1.0}}))
+    assert "bad_family" not in METHODS

@@ -21,7 +21,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from ptuning_v2.config import RunConfig
+from ptuning_v2.methods import resolve_run_config
 from ptuning_v2.training.recipe import train_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +93,7 @@ def test_fsdp_two_processes_match_one_process(
             "columns": {"text": "review", "label": "sentiment"},
         },
         "head": {"dropout": 0.0},
-        "train": {"max_steps": 4, "batch_size": 8, "eval_every": 2, "mixed_precision": "no"},
+        "train": {"max_steps": 4, "batch_size": 8, "eval_every": 2, "mixed_precision": "no", "lr": 1e-2},
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "launch.py").write_text(LAUNCHER)
@@ -117,7 +117,8 @@ def test_fsdp_two_processes_match_one_process(
     assert metrics["num_processes"] == 2 and metrics["steps"] == 4
 
     # One process, the same global batch (2 x 8): the same examples in each step.
-    single = RunConfig.from_dict({**config, "train": {**config["train"], "batch_size": 16}})
+    # read as the CLI reads it (method defaults included)
+    single = resolve_run_config({**config, "train": {**config["train"], "batch_size": 16}})
     train_run(single, tmp_path / "single", show_progress=False)
 
     sharded = load_file(str(tmp_path / "fsdp" / "checkpoint" / "adapter.safetensors"))

@@ -41,6 +41,9 @@ class Method:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     """Config values this method sets differently, by dotted field (``{"train.lr": 1e-3}``); the user's
     own values win. Checked against the run config's types when the method is registered."""
+    task_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Per task family, values over :attr:`defaults` (``{"ner": {"train.lr": 5e-2}}``): what the sweeps
+    found best for that family (docs/tuning.md "Sweeps"); the user's own values still win."""
     prompt: Literal["deep", "input"] | None = None
     """Where the method's trained prompt sits (it reads ``prompt.num_virtual_tokens``), or None."""
     search_space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -53,10 +56,15 @@ class Method:
     """Whether it leaves every backbone weight as it was, so several tasks can share one backbone
     (multi-task training, ``MultiPromptModel``)."""
 
-    def defaults_tree(self) -> dict[str, Any]:
-        """:attr:`defaults` nested like the YAML (``{"train": {"lr": 1e-3}}``)."""
+    def defaults_for(self, task: str) -> dict[str, Any]:
+        """The dotted defaults for a run of ``task``: :attr:`defaults` with the task family's over them."""
+        return {**self.defaults, **self.task_defaults.get(task, {})}
+
+    def defaults_tree(self, task: str | None = None) -> dict[str, Any]:
+        """:meth:`defaults_for` ``task`` (:attr:`defaults` alone without one) nested like the YAML
+        (``{"train": {"lr": 1e-3}}``)."""
         tree: dict[str, Any] = {}
-        for path, value in self.defaults.items():
+        for path, value in (self.defaults_for(task) if task else self.defaults).items():
             *parents, leaf = path.split(".")
             node = tree
             for part in parents:
@@ -70,13 +78,14 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(method: Method) -> Method:
-    """Add ``method``; its defaults must make a valid run config (a typo fails at import, not in a run)."""
-    try:
-        RunConfig.from_dict(
-            {**method.defaults_tree(), "method": method.name}, f"method {method.name} defaults"
-        )
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
+    """Add ``method``; its defaults must make a valid run config for every task family they name (a typo
+    fails at import, not in a run)."""
+    for task in [None, *method.task_defaults]:
+        source = f"method {method.name} defaults" + (f" for {task}" if task else "")
+        try:
+            RunConfig.from_dict({**method.defaults_tree(task), "method": method.name}, source)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
     METHODS[method.name] = method
     return method
 
@@ -103,7 +112,8 @@ def prompt_methods() -> list[str]:
 
 
 def with_method_defaults(data: dict[str, Any]) -> dict[str, Any]:
-    """Put the chosen method's defaults (e.g. its learning rate) under the values the user set."""
+    """Put the chosen method's defaults for the run's task family (e.g. its learning rate) under the values
+    the user set."""
     name = data.get("method", RunConfig.method)
     if not isinstance(name, str):
         raise ConfigError(f"method: expected a method name, got {name!r}; known methods: {sorted(METHODS)}")
@@ -111,7 +121,8 @@ def with_method_defaults(data: dict[str, Any]) -> dict[str, Any]:
         method = get_method(name)
     except ValueError as exc:
         raise ConfigError(f"method: {exc}{did_you_mean(name, METHODS)}") from exc
-    return deep_merge(method.defaults_tree(), data)
+    task = data.get("task", RunConfig.task)
+    return deep_merge(method.defaults_tree(task if isinstance(task, str) else None), data)
 
 
 def resolve_run_config(data: dict[str, Any], source: str = "config") -> RunConfig:

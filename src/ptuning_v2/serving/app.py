@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -53,6 +53,25 @@ class ServeConfig:
     """False: every request runs alone (the baseline of the load test)."""
 
 
+class Engine(Protocol):
+    """What the routes need from whatever runs the model: ``Dispatcher`` in one process, a Ray Serve
+    replica in ``ray_app.py``; one set of routes and checks serves both."""
+
+    closing: bool
+    in_flight: int
+    batches: int
+    tasks_fixed: str | None
+    """Why tasks cannot be added or removed here (409), or None when they can."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def predict(self, task: str, inputs: list[Any]) -> list[dict[str, Any]]: ...
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+
 @dataclass
 class Pending:
     request: PredictRequest
@@ -73,6 +92,7 @@ class Dispatcher:
         self.task: asyncio.Task | None = None
         self.closing = False
         self.batches = 0
+        self.tasks_fixed: str | None = None
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -213,15 +233,19 @@ def check_input(item: Any, index: int, max_chars: int) -> int:
     return size
 
 
-def create_app(multi: MultiPromptModel, config: ServeConfig | None = None) -> FastAPI:
-    """The FastAPI app serving ``multi``'s tasks (the dispatcher starts with the app)."""
+def create_app(
+    multi: MultiPromptModel,
+    config: ServeConfig | None = None,
+    engine: Callable[[MultiPromptModel, ServeConfig], Engine] = Dispatcher,
+) -> FastAPI:
+    """The FastAPI app serving ``multi``'s tasks; ``engine`` (started with the app) runs the model."""
     config = config or ServeConfig()
     body_limit = config.max_inputs * (config.max_input_chars * 4 + 64) + 4096  # UTF-8 and JSON quoting
-    state: dict[str, Dispatcher] = {}
+    state: dict[str, Engine] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state["dispatcher"] = Dispatcher(multi, config)
+        state["dispatcher"] = engine(multi, config)
         state["dispatcher"].start()
         yield
         await state["dispatcher"].stop()
@@ -285,6 +309,8 @@ def create_app(multi: MultiPromptModel, config: ServeConfig | None = None) -> Fa
 
     @app.post("/v1/tasks", status_code=201)
     async def add_task(request: Request) -> dict[str, Any]:
+        if state["dispatcher"].tasks_fixed:
+            raise HTTPException(409, state["dispatcher"].tasks_fixed)
         body = await read_json(request, 65_536)
         if (
             not isinstance(body, dict)
@@ -309,6 +335,8 @@ def create_app(multi: MultiPromptModel, config: ServeConfig | None = None) -> Fa
 
     @app.delete("/v1/tasks/{task}")
     async def remove_task(task: str) -> dict[str, Any]:
+        if state["dispatcher"].tasks_fixed:
+            raise HTTPException(409, state["dispatcher"].tasks_fixed)
         entry(task)
         try:
             await state["dispatcher"].call(multi.remove, task)

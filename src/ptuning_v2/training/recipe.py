@@ -33,6 +33,7 @@ from ptuning_v2.training.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
+from ptuning_v2.training.sharding import writable_trained_params
 from ptuning_v2.training.trainer import Trainer, newest_state, prepare_output_dir
 from ptuning_v2.utils.io import write_json_atomic
 
@@ -157,7 +158,8 @@ def train_run(
     if state.step < trainer.total_steps and not (state.stopped_early or state.out_of_time):
         return {"paused_at_step": state.step, "state": str(newest_state(output_dir))}
     checkpoint_dir = output_dir / "checkpoint"
-    load_trained_tensors(checkpoint_dir, trainer.unwrapped)
+    with writable_trained_params(trainer.accelerator, trainer.unwrapped):  # ZeRO-3: gathered, then split
+        load_trained_tensors(checkpoint_dir, trainer.unwrapped)
     metrics = {
         "method": run.method,
         "task": run.task,

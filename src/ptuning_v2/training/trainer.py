@@ -41,7 +41,15 @@ from ptuning_v2.training.checkpoint import (
     write_state,
 )
 from ptuning_v2.training.optim import build_optimizer, build_scheduler
-from ptuning_v2.training.sharding import prepare_for_training
+from ptuning_v2.training.sharding import (
+    accelerator_options,
+    full_trained_params,
+    is_zero3,
+    load_optimizer_state,
+    load_trained_state,
+    optimizer_state,
+    prepare_for_training,
+)
 from ptuning_v2.training.tracking import (
     TRACKER_PROJECT,
     flatten_config,
@@ -244,9 +252,8 @@ class Trainer:
         self.on_evaluate = on_evaluate
         self.data_report = data_report
         self._written = 0  # records of state.history already in log.jsonl
-        # cpu=True without a GPU lets several CPU processes (torchrun / accelerate launch) train with gloo.
         self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(),
+            **accelerator_options(),
             mixed_precision=resolve_mixed_precision(self.cfg.mixed_precision),
             log_with=trackers(self.cfg.log_with),
             project_dir=str(self.output_dir),
@@ -257,6 +264,8 @@ class Trainer:
         self.steps_per_epoch = max(1, micro_per_epoch // self.cfg.grad_accum_steps)
         self.total_steps = self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * self.steps_per_epoch))
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.total_steps)
+        # The parameters as the optimizer numbers them: DeepSpeed's optimizer replaces them by flat partitions.
+        self.optimizer_groups = [list(group["params"]) for group in self.optimizer.param_groups]
         self.model, self.optimizer = prepare_for_training(self.accelerator, model, self.optimizer, self.cfg)
         self.metric_name = self.cfg.metric_for_best or task.main_metric
         self.state = TrainState()
@@ -308,7 +317,8 @@ class Trainer:
                         for k, v in out.items()
                         if isinstance(v, torch.Tensor) and (keep is None or k in keep)
                     }
-                if acc.is_fsdp2:  # each FSDP forward gathers weights from all processes: run as many
+                # each FSDP or ZeRO-3 forward gathers weights from all processes: run as many
+                if acc.is_fsdp2 or is_zero3(acc):
                     for _ in range(len(mine), -(-len(starts) // acc.num_processes)):
                         model(self._to_device(self.task.collate(features[:size])))
             outputs: dict[int, dict[str, torch.Tensor]] = {}
@@ -390,10 +400,9 @@ class Trainer:
         value = float(metrics[self.metric_name])
         flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
         self._log({"type": "eval", "split": "validation", "step": self.state.step, **flat})
-        if self._improved(value):
+        if self._improved(value):  # the same answer on every process: the metrics are computed on each
             self.state.best_metric, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
-            if self.accelerator.is_main_process:
-                self.save_checkpoint(self.output_dir / "checkpoint", self.unwrapped)
+            self._save_checkpoint()
         else:
             self.state.bad_evals += 1
             patience = self.cfg.early_stopping_patience
@@ -404,6 +413,12 @@ class Trainer:
         if self.on_evaluate is not None:
             self.on_evaluate(self.state.step, value)
 
+    def _save_checkpoint(self) -> None:
+        """Write the best checkpoint (process 0); under DeepSpeed every process helps gather the tensors."""
+        with full_trained_params(self.accelerator, self.unwrapped):
+            if self.accelerator.is_main_process:
+                self.save_checkpoint(self.output_dir / "checkpoint", self.unwrapped)
+
     # ---- resumable state -------------------------------------------------------------------
     def save_state(self) -> None:
         """Write this step's resumable state (once per step) as one folder renamed into place."""
@@ -412,22 +427,19 @@ class Trainer:
         self._saved_step = self.state.step
         cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
         rng = gather_object([(torch.get_rng_state(), cuda)])  # every process's generators, in rank order
+        with full_trained_params(self.accelerator, self.unwrapped):
+            tensors = {f"model.{k}": v.clone() for k, v in trainable_state(self.unwrapped).items()}
+        optim, param_groups = optimizer_state(self.accelerator, self.optimizer, self.optimizer_groups)
         if not self.accelerator.is_main_process:
             return
-        tensors = {f"model.{k}": v for k, v in trainable_state(self.unwrapped).items()}
-        optim = self.optimizer.state_dict()
-        for index, slot in optim["state"].items():
-            for key, value in slot.items():
-                tensors[f"optim.{index}.{key}"] = (
-                    value if isinstance(value, torch.Tensor) else torch.tensor(value)
-                )
+        tensors.update(optim)
         for rank, (cpu, cuda) in enumerate(rng):
             tensors[f"rng.cpu.{rank}"] = cpu
             if cuda is not None:
                 tensors[f"rng.cuda.{rank}"] = cuda
         meta = {
             "train_state": asdict(self.state),
-            "param_groups": optim["param_groups"],
+            "param_groups": param_groups,
             "scheduler": self.scheduler.state_dict(),
             "total_steps": self.total_steps,
             "num_processes": self.accelerator.num_processes,
@@ -456,17 +468,11 @@ class Trainer:
                 f"{directory}: the state is at step {state.step}, past the {self.total_steps} steps this "
                 "config plans; a resume may only extend a run"
             )
-        params = dict(self.unwrapped.named_parameters())
-        with torch.no_grad():
-            for name, value in tensors.items():
-                if name.startswith("model."):
-                    params[name[len("model.") :]].copy_(value)
-        optim_state: dict[int, dict[str, torch.Tensor]] = {}
-        for name, value in tensors.items():
-            if name.startswith("optim."):
-                _, index, key = name.split(".", 2)
-                optim_state.setdefault(int(index), {})[key] = value
-        self.optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+        trained = {name[len("model.") :]: v for name, v in tensors.items() if name.startswith("model.")}
+        load_trained_state(self.accelerator, self.unwrapped, trained)
+        load_optimizer_state(
+            self.accelerator, self.optimizer, self.optimizer_groups, tensors, meta["param_groups"]
+        )
         self.scheduler.load_state_dict(meta["scheduler"])  # the schedule's shape follows total_steps
         rank = self.accelerator.process_index
         torch.set_rng_state(tensors[f"rng.cpu.{rank}"])
@@ -539,8 +545,8 @@ class Trainer:
                 if not last_micro:
                     continue
                 if cfg.grad_clip:
-                    norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    finite = finite and bool(torch.isfinite(norm))
+                    norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)  # DeepSpeed: a float
+                    finite = finite and math.isfinite(float(norm))
                 if not self._all_finite(finite):
                     bar.close()
                     self._diverged(value)
@@ -590,7 +596,7 @@ class Trainer:
                     self._evaluate_and_select()
         state.train_seconds = time.perf_counter() - started
         self._finish(bar)
-        if "validation" not in self.eval_sets and acc.is_main_process:
-            self.save_checkpoint(self.output_dir / "checkpoint", self.unwrapped)
+        if "validation" not in self.eval_sets:
+            self._save_checkpoint()
         self.save_state()
         return state

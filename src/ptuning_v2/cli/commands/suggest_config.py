@@ -26,6 +26,8 @@ class Guidance:
     max_length: int
 
 
+# A method's swept per-task defaults (Method.task_defaults: P-Tuning v2 on classification and NER) take the
+# place of the prompt length and lr below; these serve every other method and task family.
 GUIDANCE: dict[str, Guidance] = {
     "classification": Guidance(16, 1e-2, 10, 32, 128),
     "multiple_choice": Guidance(16, 1e-2, 10, 16, 128),
@@ -75,6 +77,7 @@ def suggest(task: str, model: str, method: str) -> tuple[dict[str, Any], list[st
     try:
         get_task(task)
         has_prompt = get_method(method).prompt is not None
+        swept = get_method(method).task_defaults.get(task, {})  # the sweeps' numbers win over the guidance
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if task not in GUIDANCE:
@@ -98,14 +101,24 @@ def suggest(task: str, model: str, method: str) -> tuple[dict[str, Any], list[st
         + "train.lr on your dev set; this is not a tuned config.",
     ]
     if has_prompt:
-        length = max(4, round(guide.prompt_length * factor))
+        length = max(4, round(swept.get("prompt.num_virtual_tokens", guide.prompt_length) * factor))
         data["prompt"] = {"num_virtual_tokens": length}
+        why = (
+            f"the method's {task} default from searches on the built-in data"
+            if "prompt.num_virtual_tokens" in swept
+            else "short prompts suit simple classification, long ones (~64-128) sequence labelling, QA and "
+            "generation"
+        )
         notes.append(
-            f"Prompt length {length}: short prompts suit simple classification, long ones (~64-128) "
-            "sequence labelling, QA and generation"
+            f"Prompt length {length}: {why}"
             + ("; halved/quartered for very large models." if factor < 1 else ".")
         )
-    if method == "ptuning_v2":
+    if swept:
+        notes.append(
+            f"Learning rates {swept.get('train.lr')} / {swept.get('train.head_lr')} (prompt / head): the "
+            f"method's {task} defaults, from searches on the built-in data (docs/tuning.md, Sweeps)."
+        )
+    elif method == "ptuning_v2":
         train["lr"] = guide.lr
         notes.append(f"Learning rate {guide.lr:g}: prompts train at high rates (1e-2 to 5e-2).")
     else:
