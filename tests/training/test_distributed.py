@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from launching import free_port
 
 from ptuning_v2.training.recipe import evaluate_checkpoint
 
@@ -31,12 +31,6 @@ atexit.register(lambda: open(counts, "w").write(str(calls[0])))
 sys.argv[0] = "ptv2"
 runpy.run_module("ptuning_v2.cli.main", run_name="__main__")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_train_one_model(

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
+from launching import free_port
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, BertConfig, BertModel
 
 from ptuning_v2.methods import resolve_run_config
 from ptuning_v2.training.recipe import train_run
@@ -62,25 +60,6 @@ trainer.prepare_for_training = recording_prepare
 sys.argv = ["ptv2", *sys.argv[1:]]
 runpy.run_module("ptuning_v2.cli.main", run_name="__main__")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def dropout_free_bert(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny BERT without dropout, so two runs can agree to float round-off."""
-    directory = tmp_path_factory.mktemp("bert_no_dropout")
-    torch.manual_seed(0)
-    config = BertConfig.from_pretrained(
-        tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
-    )
-    BertModel(config).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(directory)
-    return directory
 
 
 def test_fsdp_two_processes_match_one_process(
