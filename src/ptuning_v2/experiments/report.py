@@ -50,6 +50,11 @@ def markdown_report(result: dict[str, Any]) -> str:
     length = f"{b['max_steps']} steps" if b["max_steps"] else f"{b['epochs']} epochs"
     if b.get("max_seconds"):
         length = f"{b['max_seconds']:g} s of training each (evaluation not counted; steps differ), at most {length}"
+    prompt_text = (
+        f"prompt length {b['prompt_length']}"
+        if b.get("prompt_length")
+        else "each prompt method at its own default prompt length"
+    )
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
     lines = [
         f"# Method comparison: {result['task']} on {result['data']} with {result['model']}",
@@ -58,7 +63,7 @@ def markdown_report(result: dict[str, Any]) -> str:
         "",
         f"Budget (same for every method): {length}, batch {b['batch_size']}, max_length {b['max_length']}, "
         f"train examples {b['max_train_examples'] or 'all'}, eval examples {b['max_eval_examples'] or 'all'}, "
-        f"{seed_text}, prompt length {b['prompt_length']}{' unless tuned' if result.get('tune_trials') else ''}; "
+        f"{seed_text}, {prompt_text}{' unless tuned' if result.get('tune_trials') else ''}; "
         f"device {result['device']}.",
         "Metric of the best dev checkpoint on dev and test; memory is the peak RSS of the method's process"
         + (" (and peak CUDA memory)." if result["device"] == "cuda" else "."),

@@ -271,7 +271,7 @@ def run_comparison(
         "data": reference.data.name or reference.data.train,
         "metric": reference.train.metric_for_best or task_cls.main_metric,
         "higher_is_better": task_cls.higher_is_better,
-        "budget": budget(reference),
+        "budget": budget(reference, (base.get("prompt") or {}).get("num_virtual_tokens")),
         "seeds": seed_list,
         "tune_trials": tune_trials,
         "method_overrides": method_overrides,
@@ -322,8 +322,9 @@ def aggregate(method: str, seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def budget(run: RunConfig) -> dict[str, Any]:
-    """What every method shared: data sizes, steps or epochs, batch, sequence length, seed."""
+def budget(run: RunConfig, prompt_length: int | None) -> dict[str, Any]:
+    """What every method shared: data sizes, steps or epochs, batch, sequence length, seed, and the prompt
+    length when the config sets one (else each prompt method uses its own default)."""
     train = run.train
     return {
         "max_train_examples": run.data.max_train_examples,
@@ -335,7 +336,7 @@ def budget(run: RunConfig) -> dict[str, Any]:
         "max_length": train.max_length,
         "eval_every": train.eval_every,
         "seed": train.seed,
-        "prompt_length": run.prompt.num_virtual_tokens,
+        "prompt_length": prompt_length,
     }
 
 
