@@ -64,3 +64,10 @@ def test_other_methods_keep_their_own_learning_rates(tiny_bert_dir, capsys, tmp_
 def test_unknown_task_is_a_clear_error(tiny_bert_dir, capsys) -> None:
     assert main(["suggest-config", "--task", "poetry", "--model", str(tiny_bert_dir)]) == 2
     assert "poetry" in capsys.readouterr().err
+
+
+def test_a_single_small_model_task_is_pointed_at_lora(tiny_bert_dir, capsys) -> None:
+    assert main(["suggest-config", "--task", "classification", "--model", str(tiny_bert_dir)]) == 0
+    assert "LoRA matched or beat P-Tuning v2" in capsys.readouterr().out
+    assert main(["suggest-config", "--task", "qa", "--model", str(tiny_bert_dir)]) == 0
+    assert "LoRA" not in capsys.readouterr().out  # not measured on QA: no claim

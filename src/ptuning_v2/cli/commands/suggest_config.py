@@ -39,6 +39,10 @@ GUIDANCE: dict[str, Guidance] = {
 }
 
 
+LORA_TIES = ("classification", "ner")
+"""Families where our 3-seed comparisons at the defaults put LoRA level with or ahead of P-Tuning v2 (docs/tuning.md)."""
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suggest-config", help="print a starting YAML config for a task and model")
     p.add_argument("--task", required=True, help=f"task family: {', '.join(GUIDANCE)}")
@@ -129,6 +133,12 @@ def suggest(task: str, model: str, method: str) -> tuple[dict[str, Any], list[st
     data["train"] = {**merged.get("train", {}), **train}
     if not builtin:
         notes.append(f"No built-in data set for {task}: point data.train/validation/test at your files.")
+    if method == "ptuning_v2" and task in LORA_TIES and factor == 1.0:
+        notes.append(
+            "One task on one small backbone? LoRA matched or beat P-Tuning v2 with half the trained "
+            "parameters in our comparisons on the built-in sets (docs/tuning.md). P-Tuning v2 pays off "
+            "when several tasks share the frozen backbone: `ptv2 recommend --num-tasks N` weighs that."
+        )
     return data, notes
 
 
