@@ -34,13 +34,17 @@ def _count(n: int | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
 
 
+def mean_spread(mean: float, std: float | None) -> str:
+    """``mean`` or ``mean ± std`` (over seeds): how every comparison table prints a metric."""
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
 def _value(row: dict[str, Any], split: str, metric: str) -> str:
-    """``mean`` or ``mean ± std`` (over seeds) of one metric, ``-`` when there is none."""
+    """One metric of a method's row, ``-`` when there is none."""
     mean = _metric(row, split, metric)
     if mean is None:
         return "-"
-    std = row.get(f"{split}_std", {}).get(metric)
-    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+    return mean_spread(mean, row.get(f"{split}_std", {}).get(metric))
 
 
 def markdown_report(result: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ptuning_v2.config import ConfigError
+from ptuning_v2.experiments.report import mean_spread
 from ptuning_v2.utils.io import write_json_atomic, write_text_atomic
 
 
@@ -79,9 +80,7 @@ def _methods(sets: list[SetResult]) -> list[str]:
 
 
 def _cell(cell: Cell | None) -> str:
-    if cell is None:
-        return "-"
-    return f"{cell.mean:.4f}" if cell.std is None else f"{cell.mean:.4f} ± {cell.std:.4f}"
+    return "-" if cell is None else mean_spread(cell.mean, cell.std)
 
 
 def markdown(sets: list[SetResult], reference: str, command: str) -> str:
