@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from ptuning_v2.prompts.config import DeepPromptConfig
+from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel, mask_positions
 
 VOCAB, PAD, EOS = 64, 0, 1

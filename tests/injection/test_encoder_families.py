@@ -17,7 +17,7 @@ from transformers import (
     RobertaModel,
 )
 
-from ptuning_v2.prompts.config import DeepPromptConfig
+from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 
 COMMON = {"vocab_size": 60, "max_position_embeddings": 64}

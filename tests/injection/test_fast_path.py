@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.injection import attention
 from ptuning_v2.injection.attention import prepend_tokens
 from ptuning_v2.models import load_backbone
-from ptuning_v2.prompts.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 
 

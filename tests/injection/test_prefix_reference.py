@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from ptuning_v2.prompts.config import DeepPromptConfig
+from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
-from ptuning_v2.prompts.config import DeepPromptConfig
+from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 
 VOCAB, PAD, EOS = 64, 0, 1

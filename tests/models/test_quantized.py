@@ -14,9 +14,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from ptuning_v2.config import ConfigError, RunConfig
+from ptuning_v2.config import ConfigError, DeepPromptConfig, RunConfig
 from ptuning_v2.models import ModelLoadError, backbone_fingerprint, load_backbone
-from ptuning_v2.prompts.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 from ptuning_v2.training.checkpoint import CheckpointError
 from ptuning_v2.training.recipe import load_trained, train_run

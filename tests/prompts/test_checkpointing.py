@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModel, LlamaForCausalLM, T5ForConditionalGeneration
 
-from ptuning_v2.prompts.config import DeepPromptConfig
+from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 
 IDS = torch.tensor([[2, 8, 9, 10, 11, 3], [2, 12, 13, 3, 0, 0]])

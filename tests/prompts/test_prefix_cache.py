@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.models import load_backbone
-from ptuning_v2.prompts.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 
 

@@ -12,12 +12,11 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from ptuning_v2.cli.main import main
-from ptuning_v2.config import ConfigError, RunConfig
+from ptuning_v2.config import ConfigError, DeepPromptConfig, RunConfig
 from ptuning_v2.data import DataError
 from ptuning_v2.evaluation.generation import text_metrics
 from ptuning_v2.experiments.untuned import evaluate_untuned
 from ptuning_v2.models import load_backbone, load_tokenizer
-from ptuning_v2.prompts.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel, mask_positions
 from ptuning_v2.tasks import get_task
 from ptuning_v2.training.recipe import load_trained, train_run

@@ -6,9 +6,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from ptuning_v2.config import ConfigError, TrainConfig
+from ptuning_v2.config import ConfigError, DeepPromptConfig, TrainConfig
 from ptuning_v2.methods import load_run_config
-from ptuning_v2.prompts.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 from ptuning_v2.training.optim import param_groups
 

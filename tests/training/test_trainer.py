@@ -93,7 +93,7 @@ def test_resume_continues_exactly(
 
 
 def test_param_groups_apply_layer_multipliers_and_head_lr(tiny_bert_dir: Path) -> None:
-    from ptuning_v2.prompts.config import DeepPromptConfig
+    from ptuning_v2.config import DeepPromptConfig
     from ptuning_v2.prompts.model import DeepPromptModel
 
     backbone = BertModel.from_pretrained(tiny_bert_dir)

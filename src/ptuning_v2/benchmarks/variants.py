@@ -7,10 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptuning_v2.config import RunConfig
+from ptuning_v2.config import DeepPromptConfig, RunConfig
 from ptuning_v2.methods import get_method
 from ptuning_v2.models import BackboneKind, load_backbone
-from ptuning_v2.prompts.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 from ptuning_v2.tasks.classification import ClassificationModel
 

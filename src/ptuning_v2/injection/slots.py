@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ptuning_v2.prompts.config import SlotKind
+from ptuning_v2.config import SlotKind
 
 
 @dataclass(frozen=True)

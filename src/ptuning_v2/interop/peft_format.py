@@ -22,8 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from ptuning_v2.config import RunConfig
-from ptuning_v2.prompts.config import DeepPromptConfig
+from ptuning_v2.config import DeepPromptConfig, RunConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 from ptuning_v2.training.checkpoint import CheckpointError, save_tensors
 from ptuning_v2.utils.io import write_json_atomic

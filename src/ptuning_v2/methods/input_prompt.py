@@ -22,9 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptuning_v2.config import ConfigError, RunConfig
+from ptuning_v2.config import ConfigError, DeepPromptConfig, RunConfig
 from ptuning_v2.methods.registry import freeze
-from ptuning_v2.prompts.config import DeepPromptConfig
 
 _SEQUENCE_KEYS = ("last_hidden_state", "logits")
 _ENCODER_KEYS = ("encoder_last_hidden_state",)

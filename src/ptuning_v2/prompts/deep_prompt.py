@@ -12,7 +12,7 @@ import operator
 import torch
 from torch import nn
 
-from ptuning_v2.prompts.config import DeepPromptConfig
+from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.prompts.transfer import fit_length
 
 

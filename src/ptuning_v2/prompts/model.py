@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.injection import INJECTORS
 from ptuning_v2.injection.attention import PROMPTS_KWARG
-from ptuning_v2.prompts.config import DeepPromptConfig
 from ptuning_v2.prompts.deep_prompt import DeepPrompt
 
 

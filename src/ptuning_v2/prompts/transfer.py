@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ptuning_v2.prompts.config import DeepPromptConfig
+from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.training.checkpoint import (
     CheckpointError,
     check_fingerprint,
