@@ -20,6 +20,9 @@ from transformers import (
 # Tiny models run fastest on one thread; more threads only add contention on a 2-core machine.
 torch.set_num_threads(1)
 
+# Shared helpers are plain modules in tests/ (pyproject: pythonpath); their asserts explain failures too.
+pytest.register_assert_rewrite("serving_checks")
+
 WORDS = [
     "the",
     "a",

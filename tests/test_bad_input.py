@@ -275,7 +275,7 @@ def test_predict_keeps_a_tab_in_single_sentence_input(trained: Path, tmp_path, c
 
 
 def test_a_pair_model_splits_on_the_tab(trained: Path) -> None:
-    from ptuning_v2.training.recipe import load_trained
+    from ptuning_v2.trained.model import load_trained
 
     task, _ = load_trained(trained / "checkpoint", device="cpu")
     assert task.pairs is False and task.parse_input("a\tb") == "a\tb"

@@ -11,12 +11,13 @@ import torch
 from peft import PeftModel, PrefixTuningConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from ptuning_v2.checkpoint import CheckpointError
 from ptuning_v2.cli.main import main
 from ptuning_v2.config import DeepPromptConfig, RunConfig
 from ptuning_v2.interop.peft_format import export_peft, load_peft_into, read_peft
 from ptuning_v2.prompts.model import DeepPromptModel
-from ptuning_v2.training.checkpoint import CheckpointError
-from ptuning_v2.training.recipe import load_trained, train_run
+from ptuning_v2.trained.model import load_trained
+from ptuning_v2.training.recipe import train_run
 
 VOCAB = 64
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from ptuning_v2.config import RunConfig
-from ptuning_v2.evaluation.runner import evaluate_split
-from ptuning_v2.training.recipe import load_splits, load_trained, train_run
+from ptuning_v2.tasks.base import evaluate_split
+from ptuning_v2.trained.model import load_trained
+from ptuning_v2.training.recipe import load_splits, train_run
 
 
 @pytest.fixture()

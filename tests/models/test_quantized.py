@@ -14,11 +14,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from ptuning_v2.checkpoint import CheckpointError
 from ptuning_v2.config import ConfigError, DeepPromptConfig, RunConfig
 from ptuning_v2.models import ModelLoadError, backbone_fingerprint, load_backbone
 from ptuning_v2.prompts.model import DeepPromptModel
-from ptuning_v2.training.checkpoint import CheckpointError
-from ptuning_v2.training.recipe import load_trained, train_run
+from ptuning_v2.trained.model import load_trained
+from ptuning_v2.training.recipe import train_run
 
 EIGHT_BIT = {"load_in_8bit": True}
 FOUR_BIT = {"load_in_4bit": True, "bnb_4bit_compute_dtype": "bf16", "bnb_4bit_quant_type": "nf4"}

@@ -156,7 +156,7 @@ def test_a_second_hidden_mode_model_does_not_shift_the_first(tiny_bert_dir: Path
 def test_the_run_option_turns_checkpointing_on_for_training(tiny_bert_dir: Path) -> None:
     from ptuning_v2.config import RunConfig
     from ptuning_v2.tasks.classification import ClassificationTask
-    from ptuning_v2.training.recipe import build_model
+    from ptuning_v2.trained.model import build_model
 
     run = RunConfig.from_dict({"model": str(tiny_bert_dir), "train": {"gradient_checkpointing": True}})
     task = ClassificationTask(run, None)

@@ -12,12 +12,13 @@ from safetensors.torch import load_file
 from tiny_runs import sentiment_run
 from transformers import AutoTokenizer
 
+from ptuning_v2.checkpoint import CheckpointError
 from ptuning_v2.cli.main import main
 from ptuning_v2.config import ConfigError, RunConfig
 from ptuning_v2.methods import load_run_config
-from ptuning_v2.prompts.compression import compress_checkpoint, expand_checkpoint
-from ptuning_v2.training.checkpoint import CheckpointError
-from ptuning_v2.training.recipe import load_trained, train_run
+from ptuning_v2.trained.compression import compress_checkpoint, expand_checkpoint
+from ptuning_v2.trained.model import load_trained
+from ptuning_v2.training.recipe import train_run
 
 TEXTS = ["the movie was great", "awful boring film", "i think it is fun"]
 PROMPTS = ["encoder.prompt.prompts.self_0", "encoder.prompt.prompts.self_1"]

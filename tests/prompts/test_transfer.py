@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import AutoModel
 
+from ptuning_v2.checkpoint import CheckpointError, save_checkpoint
 from ptuning_v2.config import DeepPromptConfig, RunConfig
 from ptuning_v2.models import backbone_fingerprint
 from ptuning_v2.prompts.model import DeepPromptModel
 from ptuning_v2.tasks.classification import ClassificationModel
-from ptuning_v2.training.checkpoint import CheckpointError, save_checkpoint
 
 
 def trained_checkpoint(model_dir: Path, directory: Path, prompt: dict) -> dict[str, torch.Tensor]:

@@ -1,15 +1,12 @@
 """Three tiny tasks trained once on the tiny BERT (two classifications with different label sets and
-prompt lengths, and NER), and helpers to run a server on a free loopback port."""
+prompt lengths, and NER), and servers started on a free loopback port."""
 
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from launching import free_port
 
-from ptuning_v2.cli.main import main
 from ptuning_v2.config import RunConfig
 from ptuning_v2.training.recipe import train_run
 
@@ -84,20 +81,6 @@ def checkpoints(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
                      {"train": write_conll(root / "n.conll", 32, 0), "validation": write_conll(root / "nv.conll", 8, 1)},
                      4, root / "ner"),
     }  # fmt: skip
-
-
-def cli_predict(checkpoint: Path, inputs: list[str]) -> list[dict]:
-    """What ``ptv2 predict CHECKPOINT INPUT ...`` prints, parsed."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        assert main(["predict", str(checkpoint), *inputs]) == 0
-    return [json.loads(line) for line in out.getvalue().splitlines()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:

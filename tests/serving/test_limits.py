@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from conftest import free_port
+from launching import free_port
 
 from ptuning_v2.config import RunConfig
 from ptuning_v2.serving.app import ServeConfig, create_app

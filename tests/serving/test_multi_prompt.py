@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ptuning_v2.benchmarks.multitask import random_checkpoint
+from ptuning_v2.checkpoint import CheckpointError
 from ptuning_v2.models import load_backbone, load_tokenizer
 from ptuning_v2.serving.multi_prompt import MultiPromptModel, UnknownTaskError
-from ptuning_v2.training.checkpoint import CheckpointError
 
 TEXTS = [
     "the movie was good",

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cli_predict, free_port
-from test_server import NER, SENTIMENT, TOPIC, same_prediction
+from launching import free_port
+from serving_checks import NER, SENTIMENT, TOPIC, cli_predict, same_prediction
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ray")

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cli_predict
+from serving_checks import NER, SENTIMENT, TOPIC, cli_predict, same_prediction
 
 from ptuning_v2.serving.loadtest import measure, same_answer
 
-SENTIMENT = ["the movie was great", "awful film", "a boring story with a worst plot"]
-TOPIC = ["a story about paris", "a story about mary", "the actor"]
-NER = ["John met Mary in Paris.", "Berlin is in the north", "nothing here"]
 LONG = " ".join(["the movie was great"] * 20)  # more than train.max_length (16) tokens: truncated
 
 
@@ -33,16 +30,6 @@ def server(checkpoints: dict[str, Path], server_factory):
 def post(server, path: str, body) -> httpx.Response:
     content = body if isinstance(body, str | bytes) else json.dumps(body)
     return httpx.post(f"{server.url}{path}", content=content, timeout=60)
-
-
-def same_prediction(served: dict, expected: dict) -> None:
-    """Equal but for float rounding: a row's scores can move in the last bits with the batch it is in."""
-    assert served.keys() == expected.keys()
-    for key, value in expected.items():
-        if key in ("score", "probabilities"):
-            assert served[key] == pytest.approx(value, abs=1e-5)
-        else:
-            assert served[key] == value, key
 
 
 def test_health_and_task_list(server, checkpoints) -> None:

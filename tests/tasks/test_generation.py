@@ -19,7 +19,8 @@ from ptuning_v2.experiments.untuned import evaluate_untuned
 from ptuning_v2.models import load_backbone, load_tokenizer
 from ptuning_v2.prompts.model import DeepPromptModel, mask_positions
 from ptuning_v2.tasks import get_task
-from ptuning_v2.training.recipe import load_trained, train_run
+from ptuning_v2.trained.model import load_trained
+from ptuning_v2.training.recipe import train_run
 
 SOURCES = ["the movie was good", "a bad plot", "i think this film is great fun", "awful"]
 

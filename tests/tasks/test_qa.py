@@ -12,10 +12,11 @@ from datasets import Dataset
 from ptuning_v2.cli.main import main
 from ptuning_v2.config import RunConfig
 from ptuning_v2.data import QA_FEATURES, DataError, load_local_squad
-from ptuning_v2.evaluation.runner import evaluate_split
 from ptuning_v2.models import load_tokenizer
+from ptuning_v2.tasks.base import evaluate_split
 from ptuning_v2.tasks.qa import QuestionAnsweringTask, decode_answer
-from ptuning_v2.training.recipe import load_splits, load_trained
+from ptuning_v2.trained.model import load_trained
+from ptuning_v2.training.recipe import load_splits
 
 # "Paris is the capital of France." with a 2-token question: [CLS] q q [SEP] paris is the capital of
 # france . [SEP]; offsets -1 mark the tokens outside the context.

@@ -21,7 +21,8 @@ from launching import free_port
 from safetensors.torch import load_file
 
 from ptuning_v2.methods import resolve_run_config
-from ptuning_v2.training.recipe import load_splits, load_trained, train_run
+from ptuning_v2.trained.model import load_trained
+from ptuning_v2.training.recipe import load_splits, train_run
 
 pytestmark = pytest.mark.slow  # each launch starts DeepSpeed in 2 processes: about 30 s on 2 CPU cores
 

@@ -13,10 +13,11 @@ from safetensors.torch import load_file
 
 from ptuning_v2.cli.main import main
 from ptuning_v2.config import ConfigError
-from ptuning_v2.evaluation.runner import evaluate_split
+from ptuning_v2.tasks.base import evaluate_split
+from ptuning_v2.trained.model import load_trained
 from ptuning_v2.training.multitask import BatchStream, mix_weights, task_schedule
 from ptuning_v2.training.multitask_config import load_multitask_config
-from ptuning_v2.training.recipe import load_splits, load_trained
+from ptuning_v2.training.recipe import load_splits
 from ptuning_v2.training.trainer import epoch_batches
 
 # ---- the mix ---------------------------------------------------------------------------------------

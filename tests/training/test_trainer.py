@@ -63,7 +63,7 @@ def test_training_writes_the_output_contract_and_keeps_the_backbone_bit_identica
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["type"] == "eval"] == [4, 8, 12]
 
-    from ptuning_v2.training.recipe import load_trained
+    from ptuning_v2.trained.model import load_trained
 
     _, model = load_trained(tmp_path / "run" / "checkpoint", device="cpu")
     pretrained = BertModel.from_pretrained(tiny_bert_dir)

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 
 from ptuning_v2.benchmarks.timing import MIB, interleaved, module_bytes, ratio_stats, tensor_bytes
+from ptuning_v2.checkpoint import save_checkpoint
 from ptuning_v2.config import RunConfig
 from ptuning_v2.data import load_builtin
 from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
 from ptuning_v2.serving.multi_prompt import MultiPromptModel
 from ptuning_v2.tasks.base import get_task
-from ptuning_v2.training.checkpoint import save_checkpoint
-from ptuning_v2.training.recipe import build_model
+from ptuning_v2.trained.model import build_model
 from ptuning_v2.utils.io import write_json_atomic, write_text_atomic
 
 TASKS: dict[str, tuple[str, int, dict[str, Any]]] = {

@@ -45,10 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def is_user_error(exc: Exception) -> bool:
     """Errors about the user's input or environment, whose message says all there is to say."""
+    from ptuning_v2.checkpoint import CheckpointError
     from ptuning_v2.config import ConfigError
     from ptuning_v2.data import DataError
     from ptuning_v2.models import ModelLoadError
-    from ptuning_v2.training.checkpoint import CheckpointError
     from ptuning_v2.training.trainer import TrainingDivergedError
     from ptuning_v2.utils.cache import FetchError
 

@@ -17,11 +17,11 @@ from accelerate.utils import set_seed
 
 from ptuning_v2.config import RunConfig
 from ptuning_v2.data import DataError
-from ptuning_v2.evaluation.runner import evaluate_split
 from ptuning_v2.experiments import UNTUNED
 from ptuning_v2.methods.registry import freeze
 from ptuning_v2.models import load_backbone, load_tokenizer
 from ptuning_v2.tasks import get_task
+from ptuning_v2.tasks.base import evaluate_split
 from ptuning_v2.training.recipe import count_parameters, load_splits
 from ptuning_v2.utils.io import write_json_atomic
 

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from ptuning_v2.checkpoint import CheckpointError, save_checkpoint, save_tensors
 from ptuning_v2.config import DeepPromptConfig, RunConfig
 from ptuning_v2.prompts.model import DeepPromptModel
-from ptuning_v2.training.checkpoint import CheckpointError, save_tensors
 from ptuning_v2.utils.io import write_json_atomic
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -143,7 +143,7 @@ def export_checkpoint(
     checkpoint_dir: str | Path, out_dir: str | Path, allow_position_mismatch: bool = False
 ) -> Path:
     """A trained ptuning-v2 checkpoint (decoder-only, P-Tuning v2) as a PEFT adapter folder."""
-    from ptuning_v2.training.recipe import load_trained
+    from ptuning_v2.trained.model import load_trained
 
     task, model = load_trained(checkpoint_dir, device="cpu")
     encoder = getattr(model, "encoder", None)
@@ -156,8 +156,7 @@ def import_checkpoint(adapter_dir: str | Path, out_dir: str | Path, run: RunConf
     """A PEFT prefix-tuning adapter as a ptuning-v2 checkpoint of ``run``'s causal_lm task (PEFT positions)."""
     from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
     from ptuning_v2.tasks import get_task
-    from ptuning_v2.training.checkpoint import save_checkpoint
-    from ptuning_v2.training.recipe import build_model
+    from ptuning_v2.trained.model import build_model
 
     config, _ = read_peft(adapter_dir)
     task_cls = get_task(run.task)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ptuning_v2.checkpoint import TrainedCheckpoint
 from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.injection import INJECTORS
 from ptuning_v2.injection.attention import PROMPTS_KWARG
@@ -103,7 +104,7 @@ class DeepPromptModel(nn.Module):
         from ptuning_v2.prompts.transfer import checkpoint_prompts, transferred
 
         source = checkpoint_prompts(
-            directory,
+            TrainedCheckpoint.read(directory),
             backbone_fingerprint(self.backbone),
             lambda config: DeepPrompt(config, self.prompt_shapes(config), self.hidden_size),
         )

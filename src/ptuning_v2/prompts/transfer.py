@@ -8,23 +8,17 @@ new run. Layers are matched by slot name; each is tiled or cut to the new prompt
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from ptuning_v2.checkpoint import CheckpointError, TrainedCheckpoint
 from ptuning_v2.config import DeepPromptConfig
-from ptuning_v2.training.checkpoint import (
-    CheckpointError,
-    check_fingerprint,
-    read_checkpoint_meta,
-    read_trained_tensors,
-)
 
 PROMPT_KEY = "prompt.prompts."
 
 
 def checkpoint_prompts(
-    directory: str | Path,
+    checkpoint: TrainedCheckpoint,
     fingerprint: str,
     build_prompt: Callable[[DeepPromptConfig], torch.nn.Module],
 ) -> dict[str, torch.Tensor]:
@@ -33,13 +27,14 @@ def checkpoint_prompts(
     ``build_prompt`` makes an empty ``DeepPrompt`` for a config on this backbone: a checkpoint trained
     with the MLP reparameterisation stores the MLP, and its prompts are what the MLP produces.
     """
-    meta = read_checkpoint_meta(directory)
-    check_fingerprint(meta, fingerprint, directory)
-    source = meta["run_config"].get("prompt") or {}
-    tensors = read_trained_tensors(directory)
+    checkpoint.check_fingerprint(fingerprint)
+    source = checkpoint.run_config.get("prompt") or {}
+    tensors = checkpoint.tensors
     prefix = next((k[: k.index("prompt.") + len("prompt.")] for k in tensors if ".prompt." in f".{k}"), None)
     if prefix is None:
-        raise CheckpointError(f"{directory}: holds no deep prompt (method {meta.get('method')!r})")
+        raise CheckpointError(
+            f"{checkpoint.directory}: holds no deep prompt (method {checkpoint.meta.get('method')!r})"
+        )
     own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     config = DeepPromptConfig.from_dict({**source, "init": "random", "init_checkpoint": None})
     if not config.reparameterize:

@@ -22,14 +22,14 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ptuning_v2.cli.commands.predict import finite
+from ptuning_v2.checkpoint import CheckpointError
 from ptuning_v2.config import ConfigError
 from ptuning_v2.data import DataError
 from ptuning_v2.models import ModelLoadError
 from ptuning_v2.serving.batching import InputTooLongError, predict_requests
 from ptuning_v2.serving.batching import Request as PredictRequest
 from ptuning_v2.serving.multi_prompt import MultiPromptModel, TaskEntry, UnknownTaskError
-from ptuning_v2.training.checkpoint import CheckpointError
+from ptuning_v2.utils.io import finite
 
 T = TypeVar("T")
 

@@ -26,11 +26,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ptuning_v2.cli.commands.predict import finite
-from ptuning_v2.config import RunConfig
+from ptuning_v2.checkpoint import TrainedCheckpoint
 from ptuning_v2.data import load_builtin
-from ptuning_v2.training.checkpoint import read_checkpoint_meta
-from ptuning_v2.utils.io import write_json_atomic, write_text_atomic
+from ptuning_v2.utils.io import finite, write_json_atomic, write_text_atomic
 
 TOLERANCE = 1e-4
 
@@ -38,7 +36,7 @@ TOLERANCE = 1e-4
 def sample_inputs(checkpoint: str | Path, count: int) -> list[Any]:
     """``count`` inputs for a checkpoint's task from its own data's test (or dev) split, as a client
     would send them."""
-    run = RunConfig.from_dict(read_checkpoint_meta(checkpoint)["run_config"], source=str(checkpoint))
+    run = TrainedCheckpoint.read(checkpoint).run()
     from ptuning_v2.tasks import get_task
     from ptuning_v2.training.recipe import load_splits
 
@@ -59,7 +57,7 @@ def sample_inputs(checkpoint: str | Path, count: int) -> list[Any]:
 
 def expected_answers(checkpoints: dict[str, str], inputs: dict[str, list[Any]]) -> dict[str, list[dict]]:
     """Each input's prediction alone, by its own checkpoint (what ``ptv2 predict`` prints), as JSON."""
-    from ptuning_v2.training.recipe import load_trained
+    from ptuning_v2.trained.model import load_trained
 
     answers = {}
     for name, checkpoint in checkpoints.items():

@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ptuning_v2.checkpoint import CheckpointError, TrainedCheckpoint, as_checkpoint
 from ptuning_v2.injection.attention import PROMPTS_KWARG, Delivery, PrefixInjector
 from ptuning_v2.methods import backbone_sharing_methods
 from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
 from ptuning_v2.prompts.model import DeepPromptModel, decoder_positions
 from ptuning_v2.tasks.base import Task, encoder_inputs, get_task
-from ptuning_v2.training.checkpoint import CheckpointError, read_checkpoint_meta
-from ptuning_v2.training.recipe import attach_trained
+from ptuning_v2.trained.model import attach_trained
 
 
 class UnknownTaskError(KeyError):
@@ -101,38 +101,39 @@ class MultiPromptModel:
             checkpoints = {_task_name(Path(c)): c for c in checkpoints}
         if not checkpoints and model is None:
             raise ValueError("give at least one checkpoint folder, or the model to serve")
-        first = read_checkpoint_meta(next(iter(checkpoints.values()))) if checkpoints else None
-        model = model or first["run_config"]["model"]
-        kind = get_task(first["task"]).backbone_kind if first else "encoder"
-        options = (first["run_config"].get("model_options") or None) if first else None
+        read = {name: as_checkpoint(checkpoint) for name, checkpoint in checkpoints.items()}
+        first = next(iter(read.values()), None)  # it tells which backbone to load
+        model = model or first.run_config["model"]
+        kind = get_task(first.meta["task"]).backbone_kind if first else "encoder"
+        options = (first.run_config.get("model_options") or None) if first else None
         backbone = load_backbone(model, kind, options=options)
         multi = cls(model, backbone, load_tokenizer(model), device)
         multi.kind = kind
-        for name, directory in checkpoints.items():
-            multi.add(name, directory)
+        for name, checkpoint in read.items():
+            multi.add(name, checkpoint)
         return multi
 
-    def add(self, name: str, checkpoint: str | Path) -> TaskEntry:
-        """Load a checkpoint folder under ``name``; the backbone is not reloaded."""
-        checkpoint = Path(checkpoint)
+    def add(self, name: str, checkpoint: str | Path | TrainedCheckpoint) -> TaskEntry:
+        """Load a checkpoint (a folder, or one already read) under ``name``; the backbone is not reloaded."""
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"task name {name!r}: use letters, digits, '-', '_' or '.'")
         if name in self.tasks:
             raise ValueError(f"a task named {name!r} is already loaded; remove it first")
-        meta = read_checkpoint_meta(checkpoint)
+        checkpoint = as_checkpoint(checkpoint)
+        directory, meta = checkpoint.directory, checkpoint.meta
         if meta["method"] not in backbone_sharing_methods():
             raise CheckpointError(
-                f"{checkpoint}: method {meta['method']!r} changes the backbone's weights, so it cannot share "
+                f"{directory}: method {meta['method']!r} changes the backbone's weights, so it cannot share "
                 f"one backbone; shareable methods: {', '.join(backbone_sharing_methods())}"
             )
         kind = get_task(meta["task"]).backbone_kind
         if self.kind is not None and kind != self.kind:
-            raise CheckpointError(f"{checkpoint}: a {kind} task cannot share a {self.kind} backbone")
+            raise CheckpointError(f"{directory}: a {kind} task cannot share a {self.kind} backbone")
         task, model = attach_trained(checkpoint, self.backbone, self.tokenizer, self.fingerprint)
-        entry = TaskEntry(name, task, model.to(self.device).eval(), checkpoint, meta)
+        entry = TaskEntry(name, task, model.to(self.device).eval(), directory, meta)
         if entry.encoder is not None and entry.encoder.prompt_config.mode != "prefix":
             entry.encoder.remove()
-            raise CheckpointError(f"{checkpoint}: mixed-task batches need prompts in prompt.mode 'prefix'")
+            raise CheckpointError(f"{directory}: mixed-task batches need prompts in prompt.mode 'prefix'")
         with self._lock:
             self.kind = kind
             self.tasks[name] = entry

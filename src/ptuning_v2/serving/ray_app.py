@@ -39,6 +39,7 @@ from ptuning_v2.serving.app import ServeConfig, create_app
 from ptuning_v2.serving.batching import Request as PredictRequest
 from ptuning_v2.serving.batching import predict_requests
 from ptuning_v2.serving.multi_prompt import MultiPromptModel
+from ptuning_v2.serving.options import add_arguments, checkpoints, serve_config
 
 T = TypeVar("T")
 REPLICA_HEADER = "x-ptv2-replica"
@@ -167,8 +168,6 @@ def app_builder(values: dict[str, Any]) -> Application:
     """For ``serve run`` / ``serve deploy``: the application for ``ptv2 serve``'s options given as a dict
     (a config file's ``args``, or ``serve run``'s ``key=value``; ``prompts`` and ``names`` as lists or
     comma-separated), e.g. ``{"prompts": ["/runs/rt/checkpoint"], "replicas": 2, "max_batch_size": 16}``."""
-    from ptuning_v2.cli.commands.serve import add_arguments, checkpoints, serve_config
-
     misplaced = sorted(set(values) & {"host", "port", "ray_address", "ray"})
     if misplaced:
         raise ConfigError(f"ray_app args: {misplaced} belong to the Serve config (http_options), not to args")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -191,6 +192,25 @@ def batches(
     for start in range(0, len(features), size):
         batch = task.collate(features[start : start + size])
         yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def evaluate_split(
+    task: Task,
+    model: nn.Module,
+    dataset: Any,
+    features: list[dict[str, Any]],
+    batch_size: int,
+    device: torch.device | str,
+    autocast: AbstractContextManager | None = None,
+) -> dict[str, Any]:
+    """The task's metrics on one split, batch by batch without gradients, with the model in eval mode
+    (restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast or nullcontext():
+        metrics = task.evaluate(model, batches(task, features, batch_size, device), dataset, features)
+    model.train(was_training)
+    return metrics
 
 
 def output_rows(outputs: dict[str, Any]) -> list[dict[str, torch.Tensor]]:

@@ -26,12 +26,11 @@ from accelerate.utils import set_seed
 from datasets import DatasetDict
 from torch import nn
 
+from ptuning_v2.checkpoint import TrainedCheckpoint, checkpoint_bytes, save_checkpoint
 from ptuning_v2.config import ConfigError, TrainConfig
-from ptuning_v2.evaluation.runner import evaluate_split
 from ptuning_v2.methods import get_method
 from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
-from ptuning_v2.tasks.base import Task, get_task
-from ptuning_v2.training.checkpoint import checkpoint_bytes, load_trained_tensors, save_checkpoint
+from ptuning_v2.tasks.base import Task, evaluate_split, get_task
 from ptuning_v2.training.multitask_config import MultiTaskConfig, TaskSpec
 from ptuning_v2.training.optim import build_scheduler, param_groups
 from ptuning_v2.training.recipe import load_splits
@@ -314,7 +313,7 @@ def train_multitask(
             run.best_step = total_steps
             save(run, total_steps)
         directory = output_dir / run.checkpoint_dir
-        load_trained_tensors(directory, run.model)
+        TrainedCheckpoint.read(directory).load_into(run.model)
         results[run.name] = {
             "task": run.spec.run.task,
             "data": run.spec.run.data.name or run.spec.run.data.train,

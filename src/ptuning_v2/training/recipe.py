@@ -10,29 +10,18 @@ import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import torch
 from accelerate.utils import set_seed
 from datasets import DatasetDict
 from torch import nn
 
-import ptuning_v2.tasks  # noqa: F401  (registers the task families)
+from ptuning_v2.checkpoint import TrainedCheckpoint, checkpoint_bytes, save_checkpoint
 from ptuning_v2.config import RunConfig, apply_overrides, check_eval_overrides
 from ptuning_v2.data import DataError, DataReport, get_builtin, load_builtin
-from ptuning_v2.evaluation.runner import evaluate_split
-from ptuning_v2.methods import get_method
 from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
-from ptuning_v2.prompts.deep_prompt import DeepPrompt
-from ptuning_v2.tasks.base import Task, get_task
-from ptuning_v2.training.checkpoint import (
-    CheckpointError,
-    check_fingerprint,
-    checkpoint_bytes,
-    load_trained_tensors,
-    read_checkpoint_meta,
-    save_checkpoint,
-)
+from ptuning_v2.tasks import Task, get_task
+from ptuning_v2.tasks.base import evaluate_split
+from ptuning_v2.trained.model import build_model, load_trained
 from ptuning_v2.training.sharding import writable_trained_params
 from ptuning_v2.training.trainer import Trainer, newest_state, prepare_output_dir
 from ptuning_v2.utils.io import write_json_atomic
@@ -86,13 +75,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
-
-
-def build_model(run: RunConfig, task: Task, backbone: nn.Module, tokenizer: Any) -> nn.Module:
-    if run.train.gradient_checkpointing:
-        backbone.activation_checkpointing_enable()
-    encoder = get_method(run.method).build(backbone, run, tokenizer)
-    return task.build_model(encoder)
 
 
 def train_run(
@@ -159,7 +141,7 @@ def train_run(
         return {"paused_at_step": state.step, "state": str(newest_state(output_dir))}
     checkpoint_dir = output_dir / "checkpoint"
     with writable_trained_params(trainer.accelerator, trainer.unwrapped):  # ZeRO-3: gathered, then split
-        load_trained_tensors(checkpoint_dir, trainer.unwrapped)
+        TrainedCheckpoint.read(checkpoint_dir).load_into(trainer.unwrapped)
     metrics = {
         "method": run.method,
         "task": run.task,
@@ -189,60 +171,15 @@ def train_run(
     return metrics
 
 
-def load_trained(
-    checkpoint_dir: str | Path, device: str | torch.device | None = None, run: RunConfig | None = None
-) -> tuple[Task, nn.Module]:
-    """Rebuild a trained task model from a checkpoint folder, checking the backbone's fingerprint.
-
-    ``run`` replaces the stored run config (e.g. to evaluate on other data); the model part must match.
-    """
-    meta = read_checkpoint_meta(checkpoint_dir)
-    run = run or RunConfig.from_dict(meta["run_config"], source=str(checkpoint_dir))
-    task_cls = get_task(run.task)
-    tokenizer = load_tokenizer(run.model)
-    backbone = load_backbone(run.model, task_cls.backbone_kind, options=run.model_options)
-    task, model = attach_trained(checkpoint_dir, backbone, tokenizer, backbone_fingerprint(backbone), run)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return task, model.to(device).eval()
-
-
-def attach_trained(
-    checkpoint_dir: str | Path,
-    backbone: nn.Module,
-    tokenizer: Any,
-    fingerprint: str,
-    run: RunConfig | None = None,
-) -> tuple[Task, nn.Module]:
-    """A checkpoint's task and task model around ``backbone`` (whose fingerprint must match): several
-    prompted checkpoints can share one backbone this way."""
-    meta = read_checkpoint_meta(checkpoint_dir)
-    run = run or RunConfig.from_dict(meta["run_config"], source=str(checkpoint_dir))
-    check_fingerprint(meta, fingerprint, checkpoint_dir)
-    task = get_task(run.task)(run, tokenizer)
-    try:
-        task.load_state(meta["task_state"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(
-            f"{checkpoint_dir}: its stored task state does not fit task {run.task!r} (no {exc})"
-        ) from None
-    model = build_model(run, task, backbone, tokenizer)
-    load_trained_tensors(checkpoint_dir, model)
-    for module in model.modules():  # an MLP reparameterisation is only needed for training
-        if isinstance(module, DeepPrompt):
-            module.fold()
-    return task, model
-
-
 def evaluate_checkpoint(checkpoint_dir: Path, output_dir: Path, overrides: list[str] | None = None) -> dict:
     """Metrics of a checkpoint on its own dev/test data (or data changed by ``overrides``)."""
-    meta = read_checkpoint_meta(checkpoint_dir)
-    stored = RunConfig.from_dict(copy.deepcopy(meta["run_config"]), source=str(checkpoint_dir))
+    checkpoint = TrainedCheckpoint.read(checkpoint_dir)
     run = RunConfig.from_dict(
-        apply_overrides(copy.deepcopy(meta["run_config"]), overrides or []), source=str(checkpoint_dir)
+        apply_overrides(copy.deepcopy(checkpoint.run_config), overrides or []), source=str(checkpoint_dir)
     )
-    check_eval_overrides(stored, run, f"{checkpoint_dir}: --set")
+    check_eval_overrides(checkpoint.run(), run, f"{checkpoint_dir}: --set")
     run.data.train = None  # the checkpoint holds what the task learnt from train (e.g. its labels)
-    task, model = load_trained(checkpoint_dir, run=run)
+    task, model = load_trained(checkpoint, run=run)
     report = DataReport()
     task.report = report
     splits = load_splits(run, type(task), report, need_train=False)
@@ -254,7 +191,7 @@ def evaluate_checkpoint(checkpoint_dir: Path, output_dir: Path, overrides: list[
             results[split] = evaluate_split(
                 task, model, splits[split], features, run.train.eval_batch_size, device
             )
-    trainable = meta["num_parameters"]
+    trainable = checkpoint.meta["num_parameters"]
     total = sum(p.numel() for p in model.parameters())
     metrics = {
         "method": run.method,

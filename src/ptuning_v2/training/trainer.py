@@ -26,20 +26,9 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import nn
 
+from ptuning_v2.checkpoint import CheckpointError, trainable_state
 from ptuning_v2.config import ConfigError, RunConfig
-from ptuning_v2.evaluation.runner import evaluate_split
-from ptuning_v2.tasks.base import Task
-from ptuning_v2.training.checkpoint import (
-    STATES_DIR,
-    CheckpointError,
-    clean_partial_states,
-    complete_states,
-    crash_point,
-    read_state,
-    read_state_meta,
-    trainable_state,
-    write_state,
-)
+from ptuning_v2.tasks.base import Task, evaluate_split
 from ptuning_v2.training.optim import build_optimizer, build_scheduler
 from ptuning_v2.training.sharding import (
     accelerator_options,
@@ -49,6 +38,15 @@ from ptuning_v2.training.sharding import (
     load_trained_state,
     optimizer_state,
     prepare_for_training,
+)
+from ptuning_v2.training.states import (
+    STATES_DIR,
+    clean_partial_states,
+    complete_states,
+    crash_point,
+    read_state,
+    read_state_meta,
+    write_state,
 )
 from ptuning_v2.training.tracking import (
     TRACKER_PROJECT,

@@ -1,8 +1,10 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written checkpoint or metrics file."""
+"""Atomic file writes (a crash mid-write never leaves a half-written checkpoint or metrics file), and
+JSON every reader can parse."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -43,6 +45,18 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite number as null: bare ``NaN`` is not JSON (a diverged
+    checkpoint's scores would break every reader of the output)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def _json_default(obj: Any) -> Any:

@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ptuning_v2.config import ConfigError
-    from ptuning_v2.prompts.compression import compress_checkpoint, expand_checkpoint, format_report
+    from ptuning_v2.trained.compression import compress_checkpoint, expand_checkpoint, format_report
 
     if args.expand:
         if args.rank is not None or args.variance is not None:

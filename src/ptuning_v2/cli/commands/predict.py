@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Any
 
 from ptuning_v2.data import DataError
 from ptuning_v2.data.readers import decode_utf8, read_text
+from ptuning_v2.utils.io import finite
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +44,7 @@ def read_inputs(args: argparse.Namespace) -> tuple[list[str], list[int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ptuning_v2.training.recipe import load_trained
+    from ptuning_v2.trained.model import load_trained
 
     inputs, empty = read_inputs(args)
     task, model = load_trained(args.checkpoint)
@@ -57,15 +56,3 @@ def run(args: argparse.Namespace) -> int:
     for line in task.report.notices():
         print(f"[data] {line}", file=sys.stderr)
     return 0
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every NaN or infinite number as null: bare ``NaN`` is not JSON (a diverged
-    checkpoint's scores would break every reader of the output)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value

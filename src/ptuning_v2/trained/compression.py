@@ -3,35 +3,37 @@
 A prompt layer ``P`` is stored as its column mean ``m`` (``[width]``), the top ``r`` principal directions
 ``C`` (``[r, width]``) and the coefficients ``A = U_r S_r`` (``[length, r]``) of the centred matrix, so
 ``P ~ A @ C + m``: ``r * (length + width) + width`` numbers instead of ``length * width``. A compressed
-checkpoint folder has the usual two files; ``read_trained_tensors`` expands the factors back to the dense
-prompts, so every loader (``ptv2 eval`` / ``predict``, ``load_trained``, prompt transfer) reads it as is.
+checkpoint folder has the usual two files; ``TrainedCheckpoint.read`` expands the factors back to the
+dense prompts, so every loader (``ptv2 eval`` / ``predict``, ``load_trained``, prompt transfer) reads it
+as is.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ptuning_v2.config import ConfigError
-from ptuning_v2.prompts.deep_prompt import DeepPrompt
-from ptuning_v2.training.checkpoint import (
-    CONFIG_FILE,
+from ptuning_v2.checkpoint import (
+    COEFFICIENTS,
+    COMPONENTS,
+    MEAN,
     WEIGHTS_FILE,
     CheckpointError,
+    TrainedCheckpoint,
     checkpoint_bytes,
-    read_checkpoint_meta,
-    read_trained_tensors,
-    save_tensors,
+    reconstruct,
     trainable_state,
+    write_checkpoint,
 )
+from ptuning_v2.config import ConfigError
+from ptuning_v2.prompts.deep_prompt import DeepPrompt
+from ptuning_v2.trained.model import load_trained
 from ptuning_v2.utils.io import write_json_atomic
 
-MEAN, COMPONENTS, COEFFICIENTS = "pca_mean", "pca_components", "pca_coefficients"
 REPORT_FILE = "compression_report.json"
 FORCED_MLP_METHODS = {"prefix_tuning": "ptuning_v2"}
 """Methods whose build always adds the MLP: once folded, their prompts are plain P-Tuning v2 prompts."""
@@ -52,40 +54,6 @@ class LayerReport:
     bytes_after: int
     clipped: bool
     """``--rank`` exceeded ``min(length, width)`` for this layer, so the layer kept its full rank."""
-
-
-def reconstruct(coefficients: torch.Tensor, components: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """The dense ``[length, width]`` prompt of a layer's factors (in float64, then the factors' dtype)."""
-    dense = coefficients.double() @ components.double() + mean.double()
-    return dense.to(coefficients.dtype)
-
-
-def expand_tensors(tensors: dict[str, torch.Tensor], where: str | Path) -> dict[str, torch.Tensor]:
-    """Replace each layer's three PCA factors (``NAME.pca_*``) by the dense tensor ``NAME``."""
-    out, factors = {}, {}
-    for key, tensor in tensors.items():
-        base, _, part = key.rpartition(".")
-        if part in (MEAN, COMPONENTS, COEFFICIENTS):
-            factors.setdefault(base, {})[part] = tensor
-        else:
-            out[key] = tensor
-    for base, parts in factors.items():
-        missing = sorted({MEAN, COMPONENTS, COEFFICIENTS} - set(parts))
-        if missing:
-            raise CheckpointError(f"{where}: compressed tensor {base} lacks {', '.join(missing)}")
-        coefficients, components, mean = parts[COEFFICIENTS], parts[COMPONENTS], parts[MEAN]
-        if not (
-            coefficients.dim() == components.dim() == 2
-            and mean.dim() == 1
-            and coefficients.shape[1] == components.shape[0]
-            and components.shape[1] == mean.shape[0]
-        ):
-            raise CheckpointError(
-                f"{where}: compressed tensor {base} has inconsistent factor shapes (coefficients "
-                f"{tuple(coefficients.shape)}, components {tuple(components.shape)}, mean {tuple(mean.shape)})"
-            )
-        out[base] = reconstruct(coefficients, components, mean)
-    return out
 
 
 def pca_factors(
@@ -122,17 +90,15 @@ def reconstruction_error(matrix: torch.Tensor, factors: dict[str, torch.Tensor])
     return diff / norm if norm > 0 else diff
 
 
-def dense_prompts(checkpoint_dir: Path) -> tuple[dict[str, torch.Tensor], list[str], bool]:
+def dense_prompts(checkpoint: TrainedCheckpoint) -> tuple[dict[str, torch.Tensor], list[str], bool]:
     """The checkpoint's trained tensors with every deep prompt dense (an MLP reparameterisation folded),
     the names of the prompt matrices among them, and whether an MLP was folded."""
-    from ptuning_v2.training.recipe import load_trained  # the recipe imports every task and method
-
-    meta = read_checkpoint_meta(checkpoint_dir)
-    _, model = load_trained(checkpoint_dir, device="cpu")  # loading folds an MLP reparameterisation
+    meta = checkpoint.meta
+    _, model = load_trained(checkpoint, device="cpu")  # loading folds an MLP reparameterisation
     prompts = [(name, module) for name, module in model.named_modules() if isinstance(module, DeepPrompt)]
     if not prompts:
         raise CheckpointError(
-            f"{checkpoint_dir}: holds no deep prompt to compress (method {meta.get('method')!r})"
+            f"{checkpoint.directory}: holds no deep prompt to compress (method {meta.get('method')!r})"
         )
     folded = bool(meta["run_config"]["prompt"].get("reparameterize")) or meta["method"] in FORCED_MLP_METHODS
     names = [f"{prefix}.prompts.{slot}" for prefix, module in prompts for slot in module.prompts]
@@ -158,7 +124,8 @@ def compress_checkpoint(
     (also written to ``output_dir/compression_report.json``)."""
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
     check_request(rank, variance)
-    meta = read_checkpoint_meta(checkpoint_dir)
+    checkpoint = TrainedCheckpoint.read(checkpoint_dir)
+    meta = checkpoint.meta
     if "compression" in meta:
         raise CheckpointError(
             f"{checkpoint_dir}: already compressed (rank {meta['compression'].get('rank')}); "
@@ -166,7 +133,7 @@ def compress_checkpoint(
         )
     if output_dir.resolve() == checkpoint_dir.resolve():
         raise ConfigError("--output-dir: must differ from the checkpoint folder (it would be overwritten)")
-    tensors, prompt_names, folded = dense_prompts(checkpoint_dir)
+    tensors, prompt_names, folded = dense_prompts(checkpoint)
     limits = {name: min(tensors[name].shape) for name in prompt_names}
     if rank is not None and rank > max(limits.values()):
         raise ConfigError(
@@ -216,7 +183,7 @@ def compress_checkpoint(
             for r in layers
         },
     }
-    write_checkpoint(output_dir, stored, meta, run_config, compression=compression)
+    write_derived(output_dir, stored, meta, run_config, compression=compression)
     report = {
         "checkpoint": str(checkpoint_dir),
         "output": str(output_dir),
@@ -239,40 +206,28 @@ def compress_checkpoint(
 def expand_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path) -> Path:
     """Write the dense checkpoint a compressed one stands for (to compress it again at another rank)."""
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
-    meta = read_checkpoint_meta(checkpoint_dir)
+    checkpoint = TrainedCheckpoint.read(checkpoint_dir)  # its tensors expanded to dense on reading
+    meta = checkpoint.meta
     if "compression" not in meta:
         raise CheckpointError(f"{checkpoint_dir}: not a compressed checkpoint (nothing to expand)")
     if output_dir.resolve() == checkpoint_dir.resolve():
         raise ConfigError("--output-dir: must differ from the checkpoint folder (it would be overwritten)")
-    tensors = read_trained_tensors(checkpoint_dir)  # expanded to dense on reading
-    compression = meta.pop("compression")
-    write_checkpoint(output_dir, tensors, meta, meta["run_config"], expanded_from=compression)
+    write_derived(output_dir, checkpoint.tensors, meta, meta["run_config"], expanded_from=meta["compression"])
     return output_dir
 
 
-def write_checkpoint(
+def write_derived(
     directory: Path,
     tensors: dict[str, torch.Tensor],
     meta: dict[str, Any],
     run_config: dict[str, Any],
     **extra: Any,
 ) -> None:
-    """The source checkpoint's JSON with new tensors (``tensors`` and ``num_parameters`` describe the
-    file, as in every checkpoint) and the given run config and extra keys; tensors written first, so a
-    folder whose JSON is complete has its tensors."""
-    save_tensors(directory / WEIGHTS_FILE, tensors, {"format": "pt"})
-    meta = {k: v for k, v in meta.items() if k not in ("compression", "expanded_from")}
-    write_json_atomic(
-        directory / CONFIG_FILE,
-        {
-            **meta,
-            "method": run_config["method"],
-            "run_config": run_config,
-            "tensors": {k: list(v.shape) for k, v in tensors.items()},
-            "num_parameters": int(sum(v.numel() for v in tensors.values())),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **extra,
-        },
+    """A checkpoint made from another: the source's JSON (less its own compression record) with new
+    tensors, the given run config and extra keys."""
+    kept = {k: v for k, v in meta.items() if k not in ("compression", "expanded_from")}
+    write_checkpoint(
+        directory, tensors, {**kept, "method": run_config["method"], "run_config": run_config}, **extra
     )
 
 
