@@ -90,7 +90,7 @@ class MultiPromptModel:
     @classmethod
     def from_checkpoints(
         cls,
-        checkpoints: Mapping[str, str | Path] | Sequence[str | Path],
+        checkpoints: Mapping[str, str | Path | TrainedCheckpoint] | Sequence[str | Path],
         device: str | torch.device | None = None,
         model: str | None = None,
     ) -> MultiPromptModel:
