@@ -43,7 +43,11 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     def counted(opener):
         def open_(file, *args, **kwargs):
             mode = args[0] if args else kwargs.get("mode", "r")
-            if isinstance(file, str | Path) and Path(file).name in (CONFIG_FILE, WEIGHTS_FILE) and "r" in mode:
+            if (
+                isinstance(file, str | Path)
+                and Path(file).name in (CONFIG_FILE, WEIGHTS_FILE)
+                and "r" in mode
+            ):
                 counts[str(Path(file))] += 1
             return opener(file, *args, **kwargs)
 
