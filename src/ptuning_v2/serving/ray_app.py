@@ -39,6 +39,7 @@ from ptuning_v2.serving.app import ServeConfig, create_app
 from ptuning_v2.serving.batching import Request as PredictRequest
 from ptuning_v2.serving.batching import predict_requests
 from ptuning_v2.serving.multi_prompt import MultiPromptModel
+from ptuning_v2.serving.store import PromptStore, open_backbone
 
 T = TypeVar("T")
 REPLICA_HEADER = "x-ptv2-replica"
@@ -57,6 +58,7 @@ class ReplicaEngine:
         self.closing = False
         self.in_flight = 0
         self.batches = 0
+        self.observe_pass: Callable[[int], None] = lambda rows: None
         replicas = serve.get_replica_context().world_size  # None when autoscaling
         self.tasks_fixed: str | None = None
         if replicas != 1:
@@ -112,6 +114,7 @@ class ReplicaEngine:
                 requests,
                 self.config.max_batch_size,
                 self.config.overlong == "refuse",
+                self.observe_pass,
             )
         except Exception as exc:
             return [exc] * len(requests)
@@ -128,7 +131,8 @@ class PromptServer:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # as ptv2 does: no weight-loading bars in the replica's log
-        self.multi = MultiPromptModel.from_checkpoints(tasks, device=device, model=model)
+        store = PromptStore(config.store) if config.store else None
+        self.multi = open_backbone(tasks, store, model, device)
         self.config = config
         self.replica_tag = serve.get_replica_context().replica_tag
 
