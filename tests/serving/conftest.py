@@ -12,15 +12,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
 from ptuning_v2.cli.main import main
 from ptuning_v2.config import RunConfig
+from ptuning_v2.serving.app import ServeConfig, create_app
+from ptuning_v2.serving.multi_prompt import MultiPromptModel
 from ptuning_v2.training.recipe import train_run
 
 POSITIVE, NEGATIVE = ["good", "great", "fun", "best"], ["bad", "awful", "boring", "worst"]
@@ -133,12 +137,81 @@ class ServerProcess:
         return self.process.returncode
 
 
+class InProcessServer:
+    """The real app served by uvicorn over loopback HTTP in a thread of this process."""
+
+    def __init__(self, multi: MultiPromptModel, config: ServeConfig) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = int(self.url.rsplit(":", 1)[1])
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(multi, config), host="127.0.0.1", port=port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """What uvicorn does on SIGTERM: stop accepting, finish the open requests, shut the app down."""
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+
+
 @pytest.fixture(scope="module")
 def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     started: list[ServerProcess] = []
 
     def start(*args: str) -> ServerProcess:
         server = ServerProcess(list(args), tmp_path_factory.mktemp("server") / "server.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def metric(url: str, name: str, headers: dict[str, str] | None = None) -> float:
+    """The sum of a metric's samples named ``name`` (all labels) in the server's ``/metrics``."""
+    text = httpx.get(f"{url}/metrics", headers=headers, timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.split("{")[0].split(" ")[0] == name
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path, checkpoints: dict[str, Path]) -> Path:
+    """A prompt store of copies of the three checkpoints, in namespaces (one two levels deep)."""
+    import shutil
+
+    root = tmp_path / "store"
+    layout = {
+        "acme/sentiment": "sentiment",
+        "acme/topic": "topic",
+        "beta/ner": "ner",
+        "beta/deep/sentiment": "sentiment",
+    }
+    for name, base in layout.items():
+        shutil.copytree(checkpoints[base], root / name)
+    return root
+
+
+@pytest.fixture
+def store_server(store: Path) -> Iterator:
+    """Start an in-process server on ``store`` (its own backbone) with ServeConfig options."""
+    from ptuning_v2.serving.store import PromptStore, open_backbone
+
+    started: list[InProcessServer] = []
+
+    def start(**options) -> InProcessServer:
+        multi = open_backbone({}, PromptStore(store), None, "cpu")
+        server = InProcessServer(multi, ServeConfig(store=str(store), **options))
+        server.multi = multi
         started.append(server)
         return server
 

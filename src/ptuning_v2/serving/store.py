@@ -99,18 +99,17 @@ class PromptStore:
             raise UnknownTaskError(f"unknown task {name!r}: {exc}") from None
         parts = name.split("/")
         path = self.root.joinpath(*parts)
-        if len(parts) > MAX_DEPTH or not self.inside(path):
-            if len(parts) <= MAX_DEPTH:
-                log.warning("task %r: its folder leads out of the store %s; refused", name, self.root)
-            raise UnknownTaskError(f"unknown task {name!r}")
-        if not (path / CONFIG_FILE).is_file() or not all(
-            self.inside(path / f) for f in (CONFIG_FILE, WEIGHTS_FILE)
+        files = [path / CONFIG_FILE, path / WEIGHTS_FILE]
+        if (
+            len(parts) > MAX_DEPTH
+            or not (path / CONFIG_FILE).is_file()
+            or not all(map(self.inside, [path, *files]))
         ):
             raise UnknownTaskError(f"unknown task {name!r}")
         return Path(os.path.realpath(path))
 
     def names(self) -> list[str]:
-        """Every task of the store, sorted: folders (hidden ones excepted) holding a checkpoint."""
+        """Every task of the store, sorted: the folders (hidden ones excepted) that ``folder`` accepts."""
         found: list[str] = []
 
         def visit(folder: Path, prefix: str, depth: int) -> None:
@@ -121,21 +120,20 @@ class PromptStore:
             for entry in entries:
                 if entry.name.startswith(".") or not entry.is_dir() or not self.inside(entry.path):
                     continue
-                name = prefix + entry.name
                 if (Path(entry.path) / CONFIG_FILE).is_file():
-                    found.append(name)
+                    found.append(prefix + entry.name)
                 elif depth < MAX_DEPTH:
-                    visit(Path(entry.path), name + "/", depth + 1)
+                    visit(Path(entry.path), prefix + entry.name + "/", depth + 1)
 
         visit(self.root, "", 1)
-        valid = []
-        for name in found:
-            try:
-                check_task_name(name)
-            except ValueError:
-                continue
-            valid.append(name)
-        return valid
+        return [name for name in found if self._exists(name)]
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.folder(name)
+        except UnknownTaskError:
+            return False
+        return True
 
 
 def open_backbone(
