@@ -69,6 +69,8 @@ class ServeConfig:
     """Bounds of the store's cache: tasks in memory, and MiB of their prompts and heads."""
     api_keys: KeyRing | None = None
     """None: no authentication (``ptv2 serve`` then binds loopback only, unless ``--insecure``)."""
+    access_log: bool = True
+    """One JSON line per request on stdout (``observability.configure_access_log``)."""
     log_inputs: bool = False
     """Write the inputs themselves into the access log (off: only their count)."""
 

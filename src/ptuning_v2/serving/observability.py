@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -79,6 +80,16 @@ class Metrics:
         self.load_failures = Counter(
             "ptv2_task_load_failures", "Store task loads that failed", registry=registry
         )
+
+
+def configure_access_log(enabled: bool) -> None:
+    """The access log's lines on stdout, one JSON object each (or none); called once per process."""
+    access_log.propagate = False
+    access_log.setLevel(logging.INFO if enabled else logging.WARNING)
+    if not access_log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access_log.addHandler(handler)
 
 
 @dataclass

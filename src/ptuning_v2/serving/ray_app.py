@@ -39,6 +39,7 @@ from ptuning_v2.serving.app import ServeConfig, create_app
 from ptuning_v2.serving.batching import Request as PredictRequest
 from ptuning_v2.serving.batching import predict_requests
 from ptuning_v2.serving.multi_prompt import MultiPromptModel
+from ptuning_v2.serving.observability import REQUEST_ID_HEADER, configure_access_log
 from ptuning_v2.serving.store import PromptStore, open_backbone
 
 T = TypeVar("T")
@@ -131,6 +132,7 @@ class PromptServer:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # as ptv2 does: no weight-loading bars in the replica's log
+        configure_access_log(config.access_log)  # in the replica's log (Ray forwards it to the driver)
         store = PromptStore(config.store) if config.store else None
         self.multi = open_backbone(tasks, store, model, device)
         self.config = config
@@ -146,6 +148,9 @@ class PromptServer:
         ) -> Response:
             response = await call_next(request)
             response.headers[REPLICA_HEADER] = self.replica_tag
+            # Ray Serve's proxy puts its request id (the client's, or one it makes) in the request, which
+            # our middleware keeps, and adds it to the answer itself: one header, not two.
+            del response.headers[REQUEST_ID_HEADER]
             return response
 
         return app

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import logging
 import signal
 import socket
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -117,6 +115,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         cache_mb=args.cache_mb,
         api_keys=read_keys(args.api_keys) if args.api_keys else None,
         log_inputs=args.log_inputs,
+        access_log=not args.no_access_log,
     )
 
 
@@ -140,18 +139,11 @@ def check_listen(args: argparse.Namespace, config: ServeConfig) -> None:
         )
 
 
-def configure_access_log(args: argparse.Namespace) -> None:
-    """One JSON line per request on stdout (unless ``--no-access-log``)."""
-    log = logging.getLogger("ptv2.access")
-    log.propagate = False
-    log.setLevel(logging.WARNING if args.no_access_log else logging.INFO)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-
-
 def run_ray(args: argparse.Namespace) -> int:
     """``--ray``: the same API from Ray Serve replicas, until Ctrl-C or SIGTERM."""
+    tasks = checkpoints(args)
+    config = serve_config(args)
+    check_listen(args, config)
     try:
         import ray.serve  # noqa: F401
     except ImportError as exc:
@@ -160,12 +152,12 @@ def run_ray(args: argparse.Namespace) -> int:
         ) from None
     from ptuning_v2.serving import ray_app
 
-    tasks = checkpoints(args)
-    config = serve_config(args)
-    check_listen(args, config)
     app = ray_app.application(args, tasks, config)
     where = f"the Ray cluster at {args.ray_address}" if args.ray_address else "a local Ray instance"
-    summary = f"ptv2 serve: {len(tasks)} task(s) {sorted(tasks)} on {args.replicas} replica(s) of {where}"
+    stored = f" and the store {config.store} on demand" if config.store else ""
+    summary = (
+        f"ptv2 serve: {len(tasks)} task(s) {sorted(tasks)}{stored} on {args.replicas} replica(s) of {where}"
+    )
     ray_app.serve_until_stopped(app, args.ray_address, args.host, args.port, summary)
     print("ptv2 serve: stopped after answering every accepted request", flush=True)
     return 0
@@ -182,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ptuning_v2.serving.app import create_app
+    from ptuning_v2.serving.observability import configure_access_log
     from ptuning_v2.serving.store import PromptStore, open_backbone
 
     store = PromptStore(config.store) if config.store else None
@@ -191,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         f"ptv2 serve: {len(multi.tasks)} task(s) {sorted(multi.tasks)}{stored} on {multi.model_name}",
         flush=True,
     )
-    configure_access_log(args)
+    configure_access_log(config.access_log)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again: a handler that does
     # nothing lets that end as a clean exit (0) rather than a death by signal.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
