@@ -95,6 +95,10 @@ def test_names_leading_out_are_404_over_http(store: Path, tmp_path: Path, checkp
 def test_cold_tasks_load_once_and_answer_as_ptv2_predict(store: Path, checkpoints, store_server) -> None:
     before = tree_digest(store)
     server = store_server(max_loaded_tasks=10)
+    real_add = server.multi.add
+    server.multi.add = lambda name, folder: (
+        time.sleep(1.0) or real_add(name, folder)
+    )  # all 8 arrive meanwhile
     assert loaded(server) == dict.fromkeys(
         ["acme/sentiment", "acme/topic", "beta/deep/sentiment", "beta/ner"], False
     )

@@ -48,4 +48,4 @@ def test_store_bench_on_a_small_store(tmp_path: Path, checkpoints, capsys) -> No
     assert uniform["cold_latency_ms"]["p50"] > 0 and uniform["server_rss_mb"] > 0
     assert report["rss_one_loaded_mb"] > 0 and report["zipf_vs_all_hot_throughput"] > 0
     markdown = (out / "store.md").read_text()
-    assert "12 tasks, each a copy of one of the 3 checkpoints" in markdown and "| zipf |" in markdown
+    assert "12 tasks, each a copy of one of the 3 checkpoint(s)" in markdown and "| zipf |" in markdown

@@ -10,14 +10,14 @@ and head parameters, evicting the least recently used. A request pins its task u
 and a pinned task is never evicted (the cache may run over its bounds while every candidate is pinned,
 and comes back under them as pins are released). Many requests for one cold task share one load.
 
-Loads run on a loader thread, so batches of other tasks keep running on the model thread meanwhile:
-``MultiPromptModel.add`` builds the task model around the shared backbone without changing what a
-running batch reads (the backbone's attention is already the prefix wrapper; a further install only
-counts itself and runs a probe forward of its own, with its own arguments), and the task becomes
-visible with one dict assignment under the model's lock. Adds and removes run one at a time (the
-backbone counts its installs). The one exception is a checkpoint whose prompt is initialised from
-text (``prompt.init: text``): building it runs the shared tokenizer, which must not run in two threads
-at once, so it is added on the model thread, between batches.
+``TaskLoader`` runs every add and remove of the server on a loader thread, so batches of other tasks
+keep running on the model thread meanwhile: ``MultiPromptModel.add`` builds the task model around the
+shared backbone without changing what a running batch reads (the backbone's attention is already the
+prefix wrapper, and a further install only counts itself: the probe forward runs at the first install),
+and the task becomes visible with one dict assignment under the model's lock. Adds and removes run one
+at a time (the backbone counts its installs). The one exception is a checkpoint whose prompt is
+initialised from text (``prompt.init: text``): building it runs the shared tokenizer, which must not run
+in two threads at once, so it is added on the model thread, between batches.
 
 A load remembers the size, mtime and inode of the checkpoint's two files before and after: if they
 changed meanwhile (a checkpoint being replaced), the load is undone and tried again, so a task is never

@@ -175,8 +175,8 @@ def run_store_bench(
         "command": command,
         "checkpoints": {name: str(path) for name, path in checkpoints.items()},
         "store": (
-            f"{tasks} tasks, each a copy of one of the {len(checkpoints)} checkpoints above (in turn), "
-            f"under {len(range(0, tasks, NAMESPACE_SIZE))} namespaces"
+            f"{tasks} tasks, each a copy of one of the {len(checkpoints)} checkpoint(s) above (in turn), "
+            f"in {len(range(0, tasks, NAMESPACE_SIZE))} namespace(s) of up to {NAMESPACE_SIZE}"
         ),
         "tasks": tasks,
         "max_loaded_tasks": max_loaded,
