@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cli_predict, metric
+from conftest import InProcessServer, cli_predict, metric
 
 from ptuning_v2.config import ConfigError
+from ptuning_v2.serving.app import ServeConfig
 from ptuning_v2.serving.batching import Request, predict_requests
 from ptuning_v2.serving.multi_prompt import MultiPromptModel, UnknownTaskError
 from ptuning_v2.serving.store import PromptStore, TaskLoader, open_backbone
@@ -332,3 +333,22 @@ def test_a_store_without_checkpoints_has_no_backbone(tmp_path: Path) -> None:
         open_backbone({}, PromptStore(tmp_path / "empty"), None, "cpu")
     with pytest.raises(ConfigError, match="not a folder"):
         PromptStore(tmp_path / "nothing")
+
+
+def test_post_without_a_store_does_not_tell_what_exists(tmp_path: Path, checkpoints) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    locked = tmp_path / "locked"
+    shutil.copytree(checkpoints["sentiment"], locked)
+    (locked / CONFIG_FILE).write_text("{not json", encoding="utf-8")
+    multi = MultiPromptModel.from_checkpoints({"sentiment": checkpoints["sentiment"]}, device="cpu")
+    server = InProcessServer(multi, ServeConfig())
+    try:
+        answers = set()
+        for path in [tmp_path / "missing", tmp_path / "folder", tmp_path / "file", locked, Path("/etc")]:
+            response = httpx.post(f"{server.url}/v1/tasks", json={"checkpoint": str(path), "name": "x"})
+            assert response.status_code == 422
+            answers.add(response.json()["error"]["message"].replace(str(path), "PATH"))
+        assert answers == {"checkpoint 'PATH': not a readable checkpoint folder"}
+    finally:
+        server.stop()
