@@ -16,8 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 from launching import free_port
+from serving_checks import InProcessServer
 
 from ptuning_v2.config import RunConfig
+from ptuning_v2.serving.app import ServeConfig
 from ptuning_v2.training.recipe import train_run
 
 POSITIVE, NEGATIVE = ["good", "great", "fun", "best"], ["bad", "awful", "boring", "worst"]
@@ -122,6 +124,42 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
     def start(*args: str) -> ServerProcess:
         server = ServerProcess(list(args), tmp_path_factory.mktemp("server") / "server.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path, checkpoints: dict[str, Path]) -> Path:
+    """A prompt store of copies of the three checkpoints, in namespaces (one two levels deep)."""
+    import shutil
+
+    root = tmp_path / "store"
+    layout = {
+        "acme/sentiment": "sentiment",
+        "acme/topic": "topic",
+        "beta/ner": "ner",
+        "beta/deep/sentiment": "sentiment",
+    }
+    for name, base in layout.items():
+        shutil.copytree(checkpoints[base], root / name)
+    return root
+
+
+@pytest.fixture
+def store_server(store: Path) -> Iterator:
+    """Start an in-process server on ``store`` (its own backbone) with ServeConfig options."""
+    from ptuning_v2.serving.store import PromptStore, open_backbone
+
+    started: list[InProcessServer] = []
+
+    def start(**options) -> InProcessServer:
+        multi = open_backbone({}, PromptStore(store), None, "cpu")
+        server = InProcessServer(multi, ServeConfig(store=str(store), **options))
+        server.multi = multi
         started.append(server)
         return server
 

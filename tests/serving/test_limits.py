@@ -6,42 +6,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from launching import free_port
+from serving_checks import InProcessServer
 
 from ptuning_v2.config import RunConfig
-from ptuning_v2.serving.app import ServeConfig, create_app
+from ptuning_v2.serving.app import ServeConfig
 from ptuning_v2.serving.multi_prompt import MultiPromptModel
 from ptuning_v2.training.recipe import train_run
 
 LONG = " ".join(["the movie was great"] * 20)
-
-
-class InProcessServer:
-    def __init__(self, multi: MultiPromptModel, config: ServeConfig) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = int(self.url.rsplit(":", 1)[1])
-        self.server = uvicorn.Server(
-            uvicorn.Config(create_app(multi, config), host="127.0.0.1", port=port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """What uvicorn does on SIGTERM: stop accepting, finish the open requests, shut the app down."""
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture(scope="module")

@@ -49,3 +49,23 @@ def test_app_builder_takes_serve_options_and_refuses_bad_ones(tmp_path: Path) ->
         app_builder({"prompts": [str(tmp_path)], "port": 9000})
     with pytest.raises(ConfigError, match="--names: 1 names for 2"):
         app_builder({"prompts": ["a", "b"], "names": ["x"]})
+
+
+def test_ray_checks_host_and_store_before_ray(monkeypatch, capsys, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(["serve", "--ray", "--prompts", str(tmp_path), "--host", "0.0.0.0"]) == 2
+    assert "has no --api-keys" in capsys.readouterr().err
+    assert main(["serve", "--ray", "--store", str(tmp_path / "missing")]) == 2
+    assert f"--store {tmp_path / 'missing'}: not a folder" in capsys.readouterr().err
+
+
+def test_app_builder_passes_store_and_keys_to_the_replicas(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from ptuning_v2.serving.ray_app import app_builder
+
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys:\n  - {name: ops, key: admin-secret-0123456789, role: admin}\n", encoding="utf-8")
+    app = app_builder({"store": str(tmp_path), "api_keys": str(keys), "max_loaded_tasks": 7})
+    _, _, _, config = app._bound_deployment.init_args
+    assert config.store == str(tmp_path.resolve()) and config.max_loaded_tasks == 7
+    assert [k.name for k in config.api_keys.keys] == ["ops"]  # parsed once; replicas get digests only

@@ -39,6 +39,7 @@ def test_health_and_task_list(server, checkpoints) -> None:
     assert set(tasks) == {"sentiment", "topic", "ner"}
     assert tasks["sentiment"] == {
         "name": "sentiment",
+        "loaded": True,
         "task": "classification",
         "labels": ["neg", "pos"],
         "prompt_length": 8,

@@ -205,7 +205,9 @@ def install(model: nn.Module) -> list[AttentionSlot]:
     """Route the model's attention through the prefix wrapper and name every attention slot.
 
     Several prompted models may share one backbone: each install counts, and ``uninstall`` restores
-    the backbone when the last one is removed.
+    the backbone when the last one is removed. Only the first install runs the probe forward; later ones
+    reuse its slots and change nothing the backbone's running calls read (a server adds prompts this
+    way, cheaply, while another thread runs batches).
     """
     current = model.config._attn_implementation
     base = current.removeprefix(PREFIX) if current else "eager"
@@ -216,7 +218,13 @@ def install(model: nn.Module) -> list[AttentionSlot]:
         model._ptv2_installs = 0
         model.set_attn_implementation(_implementation_name(base))
         _accept_prompts_in_generate(model)
+        model._ptv2_slots = probe_slots(model)
     model._ptv2_installs += 1
+    return list(model._ptv2_slots)
+
+
+def probe_slots(model: nn.Module) -> list[AttentionSlot]:
+    """Every attention slot of ``model``, found by a probe forward; each slot's module is tagged."""
     calls = Recording()
     was_training = model.training
     model.eval()
@@ -240,7 +248,7 @@ def uninstall(model: nn.Module) -> None:
             del module._ptv2_slot
     vars(model).pop("_validate_model_kwargs", None)
     model.set_attn_implementation(model._ptv2_original_attention)
-    del model._ptv2_installs, model._ptv2_original_attention
+    del model._ptv2_installs, model._ptv2_original_attention, model._ptv2_slots
 
 
 def to_key_value(prompt: torch.Tensor, slot: AttentionSlot) -> tuple[torch.Tensor, torch.Tensor]:

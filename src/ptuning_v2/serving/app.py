@@ -3,14 +3,21 @@
 A dispatcher on the event loop collects the requests that arrive within ``max_wait_ms`` of the first
 one (for any tasks, up to ``max_batch_size`` inputs) and hands them as one mixed-task batch to a single
 model thread, so the event loop never waits on the model and the model never runs two batches at once.
-Loading and removing tasks run on that same thread, between batches. The queue of waiting requests is
+Tasks are loaded and removed on a loader thread meanwhile (``store.TaskLoader``); with ``--store``
+they are loaded on demand into a bounded cache (``store.TaskCache``). The queue of waiting requests is
 bounded (503 when full); on shutdown every accepted request is answered before the model thread ends.
+
+Every route that names a task goes through one resolver, ``task_for`` (inside ``create_app``): it
+checks the caller's API key may see the task (404 otherwise, as for a task that does not exist),
+loads it from the store when it is cold, and pins it until the request is answered. API keys
+(``auth.py``), request ids, metrics and the access log (``observability.py``) are app-level middleware.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -19,16 +26,20 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ptuning_v2.checkpoint import CheckpointError
+from ptuning_v2.checkpoint import CheckpointError, TrainedCheckpoint
 from ptuning_v2.config import ConfigError
 from ptuning_v2.data import DataError
 from ptuning_v2.models import ModelLoadError
+from ptuning_v2.serving.auth import AuthMiddleware, KeyRing, caller_key
 from ptuning_v2.serving.batching import InputTooLongError, predict_requests
 from ptuning_v2.serving.batching import Request as PredictRequest
 from ptuning_v2.serving.multi_prompt import MultiPromptModel, TaskEntry, UnknownTaskError
+from ptuning_v2.serving.observability import Metrics, RequestMiddleware, context
+from ptuning_v2.serving.store import PromptStore, TaskCache, TaskLoader, TaskLoadError
 from ptuning_v2.utils.io import finite
 
 T = TypeVar("T")
@@ -51,6 +62,17 @@ class ServeConfig:
     does, or answer 422."""
     batching: bool = True
     """False: every request runs alone (the baseline of the load test)."""
+    store: str | None = None
+    """A folder of checkpoint folders, loaded on demand (``store.py``)."""
+    max_loaded_tasks: int = 100
+    cache_mb: float = 512.0
+    """Bounds of the store's cache: tasks in memory, and MiB of their prompts and heads."""
+    api_keys: KeyRing | None = None
+    """None: no authentication (``ptv2 serve`` then binds loopback only, unless ``--insecure``)."""
+    access_log: bool = True
+    """One JSON line per request on stdout (``observability.configure_access_log``)."""
+    log_inputs: bool = False
+    """Write the inputs themselves into the access log (off: only their count)."""
 
 
 class Engine(Protocol):
@@ -62,6 +84,8 @@ class Engine(Protocol):
     batches: int
     tasks_fixed: str | None
     """Why tasks cannot be added or removed here (409), or None when they can."""
+    observe_pass: Callable[[int], None]
+    """Called with the rows of every backbone pass (the metrics' histogram)."""
 
     def start(self) -> None: ...
 
@@ -93,6 +117,7 @@ class Dispatcher:
         self.closing = False
         self.batches = 0
         self.tasks_fixed: str | None = None
+        self.observe_pass: Callable[[int], None] = lambda rows: None
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -180,6 +205,7 @@ class Dispatcher:
                 requests,
                 self.config.max_batch_size,
                 self.config.overlong == "refuse",
+                self.observe_pass,
             )
         except Exception as exc:  # the batch as a whole failed: every request of it gets the error
             results = [exc] * len(group)
@@ -195,6 +221,7 @@ class Dispatcher:
 def describe(entry: TaskEntry) -> dict[str, Any]:
     return {
         "name": entry.name,
+        "loaded": True,
         "task": entry.task.name,
         "labels": list(getattr(entry.task, "labels", None) or []) or None,
         "prompt_length": entry.prompt_length,
@@ -215,6 +242,8 @@ async def read_json(request: Request, limit: int) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPException(422, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(422, "the body is not valid JSON: nested too deeply") from None
 
 
 def check_input(item: Any, index: int, max_chars: int) -> int:
@@ -238,29 +267,74 @@ def create_app(
     config: ServeConfig | None = None,
     engine: Callable[[MultiPromptModel, ServeConfig], Engine] = Dispatcher,
 ) -> FastAPI:
-    """The FastAPI app serving ``multi``'s tasks; ``engine`` (started with the app) runs the model."""
+    """The FastAPI app serving ``multi``'s tasks (and the store's, with ``config.store``); ``engine``
+    (started with the app) runs the model."""
     config = config or ServeConfig()
     body_limit = config.max_inputs * (config.max_input_chars * 4 + 64) + 4096  # UTF-8 and JSON quoting
-    state: dict[str, Engine] = {}
+    store = PromptStore(config.store) if config.store else None
+    metrics = Metrics()
+    state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state["dispatcher"] = engine(multi, config)
-        state["dispatcher"].start()
+        dispatcher = state["dispatcher"] = engine(multi, config)
+        dispatcher.observe_pass = metrics.batch_rows.observe
+        dispatcher.start()
+        loader = state["loader"] = TaskLoader(multi, dispatcher.call)
+        if store is not None:
+            cache_bytes = int(config.cache_mb * 2**20)
+            state["cache"] = TaskCache(store, loader, config.max_loaded_tasks, cache_bytes, metrics)
+        metrics.queue_depth.set_function(lambda: dispatcher.in_flight)
+        metrics.loaded_tasks.set_function(lambda: len(multi.tasks))
         yield
-        await state["dispatcher"].stop()
+        await dispatcher.stop()
+        if store is not None:
+            await state["cache"].close()
+        loader.close()
 
     app = FastAPI(title="ptv2 serve", lifespan=lifespan)
+    app.add_middleware(AuthMiddleware, keys=config.api_keys)
+    app.add_middleware(RequestMiddleware, metrics=metrics, log_inputs=config.log_inputs)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": {"status": exc.status_code, "message": exc.detail}}, exc.status_code)
+        body = {"error": {"status": exc.status_code, "message": exc.detail}}
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
 
-    def entry(name: str) -> TaskEntry:
+    def visible(request: Request, name: str) -> bool:
+        key = caller_key(request.scope)
+        return key is None or key.may_use(name)
+
+    def require_admin(request: Request) -> None:
+        key = caller_key(request.scope)
+        if key is not None and not key.admin:
+            raise HTTPException(403, f"key {key.name!r} is a client key; this route needs an admin key")
+
+    async def task_for(request: Request, name: str) -> TaskEntry:
+        """The loaded task ``name`` for this request: 404 when the caller's key may not see it (the same
+        answer as for a task that does not exist); a cold store task is loaded first (the request waits,
+        one load for all its requests) and stays pinned, never evicted, until the answer is complete."""
+        unknown = f"unknown task {name!r}"
+        if not visible(request, name):
+            raise HTTPException(404, unknown)
+        ctx = context(request)
+        cache: TaskCache | None = state.get("cache")
+        if cache is None or (not cache.holds(name) and name in multi.tasks):
+            try:
+                entry = multi.entry(name)
+            except UnknownTaskError:
+                raise HTTPException(404, unknown) from None
+            ctx.task = name
+            return entry
         try:
-            return multi.entry(name)
+            slot, ctx.cache = await cache.acquire(name)
         except UnknownTaskError as exc:
             raise HTTPException(404, str(exc)) from None
+        except TaskLoadError as exc:
+            raise HTTPException(503, str(exc), {"Retry-After": str(math.ceil(exc.retry_after))}) from None
+        ctx.cleanups.append(lambda: cache.release(slot))
+        ctx.task = name
+        return slot.entry
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -273,17 +347,26 @@ def create_app(
             "batches": dispatcher.batches,
         }
 
-    @app.get("/v1/tasks")
-    async def list_tasks() -> dict[str, Any]:
-        return {"tasks": [describe(e) for e in list(multi.tasks.values())]}
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        require_admin(request)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/tasks/{task}/predict")
+    @app.get("/v1/tasks")
+    async def list_tasks(request: Request) -> dict[str, Any]:
+        tasks = [describe(e) for e in list(multi.tasks.values()) if visible(request, e.name)]
+        if store is not None:
+            loaded = {t["name"] for t in tasks}
+            names = await asyncio.to_thread(store.names)
+            tasks += [{"name": n, "loaded": False} for n in names if n not in loaded and visible(request, n)]
+        return {"tasks": tasks}
+
+    @app.post("/v1/tasks/{task:path}/predict")
     async def predict(task: str, request: Request) -> JSONResponse:
-        loaded = entry(task)
         body = await read_json(request, body_limit)
         if not isinstance(body, dict) or set(body) != {"inputs"} or not isinstance(body["inputs"], list):
             raise HTTPException(422, 'expected a JSON object {"inputs": [...]}')
-        inputs = body["inputs"]
+        inputs = context(request).inputs = body["inputs"]
         if not inputs:
             raise HTTPException(422, "inputs: give at least one input")
         if len(inputs) > config.max_inputs:
@@ -292,6 +375,7 @@ def create_app(
             size = check_input(item, i, config.max_input_chars)
             if size > config.max_input_chars:
                 raise HTTPException(413, f"inputs[{i}]: {size} characters; at most {config.max_input_chars}")
+        loaded = await task_for(request, task)
         parsed = [loaded.task.parse_input(x) if isinstance(x, str) else x for x in inputs]
         try:
             outputs = await state["dispatcher"].predict(task, parsed)
@@ -309,39 +393,64 @@ def create_app(
 
     @app.post("/v1/tasks", status_code=201)
     async def add_task(request: Request) -> dict[str, Any]:
+        """Load a checkpoint as a task that stays loaded (never evicted). With a store, ``checkpoint``
+        names a task of the store; without, a folder, and any folder that is missing, unreadable or not a
+        checkpoint gets the same answer (the route does not tell what exists on the server's disk)."""
+        require_admin(request)
         if state["dispatcher"].tasks_fixed:
             raise HTTPException(409, state["dispatcher"].tasks_fixed)
         body = await read_json(request, 65_536)
         if (
             not isinstance(body, dict)
             or not isinstance(body.get("checkpoint"), str)
-            or set(body)
-            - {
-                "name",
-                "checkpoint",
-            }
+            or set(body) - {"name", "checkpoint"}
         ):
             raise HTTPException(422, 'expected a JSON object {"checkpoint": "FOLDER", "name": "NAME"?}')
-        name = body.get("name") or task_name(Path(body["checkpoint"]))
+        checkpoint = body["checkpoint"]
+        name = body.get("name") or (checkpoint if store is not None else task_name(Path(checkpoint)))
         if not isinstance(name, str):
             raise HTTPException(422, "name: expected a string")
-        if name in multi.tasks:
+        cache: TaskCache | None = state.get("cache")
+        if name in multi.tasks or (cache is not None and cache.holds(name)):
             raise HTTPException(409, f"a task named {name!r} is already loaded; remove it first")
+        if store is not None:
+            try:
+                folder = store.folder(checkpoint)
+            except UnknownTaskError:
+                raise HTTPException(
+                    422,
+                    f"checkpoint {checkpoint!r}: not a task of the store (with --store, name one of its tasks)",
+                ) from None
+        else:
+            try:
+                folder = await asyncio.to_thread(TrainedCheckpoint.read, Path(checkpoint))
+            except (CheckpointError, OSError):
+                raise HTTPException(
+                    422, f"checkpoint {checkpoint!r}: not a readable checkpoint folder"
+                ) from None
         try:
-            added = await state["dispatcher"].call(multi.add, name, body["checkpoint"])
+            added = await state["loader"].add(name, folder)
         except (CheckpointError, ValueError, ModelLoadError, OSError) as exc:
             raise HTTPException(422, str(exc)) from None
         return describe(added)
 
-    @app.delete("/v1/tasks/{task}")
-    async def remove_task(task: str) -> dict[str, Any]:
+    @app.delete("/v1/tasks/{task:path}")
+    async def remove_task(task: str, request: Request) -> dict[str, Any]:
+        """Unload a task; a store task reloads on its next request (the store is never written)."""
+        require_admin(request)
         if state["dispatcher"].tasks_fixed:
             raise HTTPException(409, state["dispatcher"].tasks_fixed)
-        entry(task)
+        cache: TaskCache | None = state.get("cache")
         try:
-            await state["dispatcher"].call(multi.remove, task)
-        except UnknownTaskError as exc:
-            raise HTTPException(404, str(exc)) from None
+            if not visible(request, task):
+                raise UnknownTaskError(task)
+            if cache is not None and cache.holds(task):
+                await cache.unload(task)
+            else:
+                multi.entry(task)
+                await state["loader"].remove(task)
+        except UnknownTaskError:
+            raise HTTPException(404, f"unknown task {task!r}") from None
         return {"removed": task}
 
     return app

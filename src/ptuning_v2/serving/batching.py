@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,12 +62,17 @@ def cuts(task: Task, item: Any) -> bool:
 
 
 def predict_requests(
-    multi: MultiPromptModel, requests: list[Request], max_rows: int, refuse_overlong: bool = False
+    multi: MultiPromptModel,
+    requests: list[Request],
+    max_rows: int,
+    refuse_overlong: bool = False,
+    on_pass: Callable[[int], None] = lambda rows: None,
 ) -> list[list[dict[str, Any]] | Exception]:
     """The predictions of each request (in order), or the error that request alone met.
 
     Rows of every mixable task go through ``multi.run`` ``max_rows`` at a time, sorted by length so a
-    pass pads little; other tasks (multiple choice, generation) run on their own task model."""
+    pass pads little; generation rows share ``generate()`` calls; other tasks (multiple choice) run on
+    their own task model. ``on_pass`` sees the rows of each shared pass (or generate call)."""
     results: list[list[dict[str, Any]] | Exception | None] = [None] * len(requests)
     live: list[int] = []
     for i, request in enumerate(requests):
@@ -77,9 +83,9 @@ def predict_requests(
         except Exception as exc:  # this request's own error, answered alone
             results[i] = exc
     mixed = [i for i in live if mixable(requests[i].entry)]
-    run_mixed(multi, [requests[i] for i in mixed], max_rows)
+    run_mixed(multi, [requests[i] for i in mixed], max_rows, on_pass)
     generative = [i for i in live if requests[i].entry.task.backbone_kind != "encoder"]
-    run_generation(multi, [requests[i] for i in generative], max_rows)
+    run_generation(multi, [requests[i] for i in generative], max_rows, on_pass)
     alone: dict[str, list[int]] = defaultdict(list)
     for i in live:
         if i not in mixed and i not in generative:
@@ -102,7 +108,9 @@ def predict_requests(
     return results  # type: ignore[return-value]
 
 
-def run_generation(multi: MultiPromptModel, requests: list[Request], max_rows: int) -> None:
+def run_generation(
+    multi: MultiPromptModel, requests: list[Request], max_rows: int, on_pass: Callable[[int], None]
+) -> None:
     """Every feature of generation ``requests`` through shared ``generate()`` calls, one per set of
     decoding options (and seed), each row with its own task's prompt; fills ``outputs`` with
     ``{"token_ids": [...]}`` as ``Task.run_features`` would."""
@@ -122,6 +130,7 @@ def run_generation(multi: MultiPromptModel, requests: list[Request], max_rows: i
                 "prompt_" if "prompt_input_ids" in collated else ""
             )  # causal LMs: the left-padded prompts
             batch = {k: collated[prefix + k] for k in ("input_ids", "attention_mask")}
+            on_pass(len(chunk))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 ids = multi.generate(batch, [requests[r].task for r, *_ in chunk], **json.loads(options))
@@ -133,7 +142,9 @@ def mixable(entry: TaskEntry | None) -> bool:
     return entry is not None and entry.task.backbone_kind == "encoder" and entry.task.mixed_batches
 
 
-def run_mixed(multi: MultiPromptModel, requests: list[Request], max_rows: int) -> None:
+def run_mixed(
+    multi: MultiPromptModel, requests: list[Request], max_rows: int, on_pass: Callable[[int], None]
+) -> None:
     """Every feature of ``requests`` through shared backbone passes; fills each request's ``outputs``."""
     rows = [
         (r, i, j, feature)
@@ -146,6 +157,7 @@ def run_mixed(multi: MultiPromptModel, requests: list[Request], max_rows: int) -
         request.outputs = [[{} for _ in group] for group in request.features]
     for start in range(0, len(rows), max_rows):
         chunk = rows[start : start + max_rows]
+        on_pass(len(chunk))
         batch = dict(multi.tokenizer.pad([encoder_inputs(f) for *_, f in chunk], return_tensors="pt"))
         tasks = [requests[r].task for r, *_ in chunk]
         for (r, i, j, _), output in zip(chunk, multi.run(batch, tasks), strict=True):

@@ -88,9 +88,12 @@ async def measure(
     expected: dict[str, list[dict]],
     clients: int,
     max_seconds: float,
+    latency_of: dict[str, float] | None = None,
+    tag: str = "",
 ) -> dict[str, Any]:
     """Run ``jobs`` ((task, input index) each) through ``clients`` concurrent clients; latency of each,
-    and every answer checked."""
+    and every answer checked. With ``latency_of``, job ``j`` is sent with request id ``{tag}{j}`` and its
+    latency (seconds) recorded under that id."""
     queue = list(reversed(range(len(jobs))))
     latencies: list[float] = []
     wrong, lost, foreign = [], [], []
@@ -102,15 +105,18 @@ async def measure(
         while queue and time.monotonic() < stop_at:
             j = queue.pop()
             name, i = jobs[j]
+            headers = {"x-request-id": f"{tag}{j}"} if latency_of is not None else None
             start = time.perf_counter()
             try:
                 response = await http.post(
-                    f"{url}/v1/tasks/{name}/predict", json={"inputs": [inputs[name][i]]}
+                    f"{url}/v1/tasks/{name}/predict", json={"inputs": [inputs[name][i]]}, headers=headers
                 )
             except httpx.HTTPError as exc:
                 lost.append({"job": j, "error": repr(exc)})
                 continue
             latencies.append(time.perf_counter() - start)
+            if latency_of is not None:
+                latency_of[f"{tag}{j}"] = latencies[-1]
             if response.status_code != 200:
                 lost.append({"job": j, "status": response.status_code, "body": response.text[:200]})
                 continue
@@ -127,22 +133,27 @@ async def measure(
         await asyncio.gather(*(client(http) for _ in range(clients)))
     seconds = time.perf_counter() - started
     sent = sum(1 for j in range(len(jobs)) if j not in set(queue))
-    ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return {
         "requests": sent,
         "answered": sum(answered),
         "seconds": round(seconds, 3),
         "throughput_rps": round(sum(answered) / seconds, 2),
-        "latency_ms": {
-            "p50": round(float(np.percentile(ms, 50)), 2),
-            "p90": round(float(np.percentile(ms, 90)), 2),
-            "p99": round(float(np.percentile(ms, 99)), 2),
-            "max": round(float(ms.max()), 2),
-        },
+        "latency_ms": percentiles(latencies),
         "wrong": len(wrong),
         "lost": len(lost),
         "duplicated_or_swapped": len(foreign),
         "failures": (wrong + lost + foreign)[:10],
+    }
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50, p90, p99 and max of latencies, in milliseconds (zeros for none)."""
+    ms = np.array(seconds) * 1000 if seconds else np.zeros(1)
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 2),
+        "p90": round(float(np.percentile(ms, 90)), 2),
+        "p99": round(float(np.percentile(ms, 99)), 2),
+        "max": round(float(ms.max()), 2),
     }
 
 
@@ -154,7 +165,8 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def server_process(args: list[str], log: Path, start_timeout: float = 300):
-    """A ``ptv2 serve`` process on a free loopback port; yields its URL, ends it with SIGTERM."""
+    """A ``ptv2 serve`` process on a free loopback port; yields its URL and process id, ends it with
+    SIGTERM."""
     port = free_port()
     command = [
         sys.executable,
@@ -180,7 +192,7 @@ def server_process(args: list[str], log: Path, start_timeout: float = 300):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ptv2 serve did not start in {start_timeout:.0f} s; see {log}")
             time.sleep(0.25)
-        yield url
+        yield url, process.pid
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -211,7 +223,7 @@ def run_load_test(
     logs = Path(tempfile.mkdtemp(prefix="ptv2-serve-bench-"))  # the servers' own output, for a failure
     modes = {}
     for mode, extra in (("batching", []), ("no_batching", ["--no-batching"])):
-        with server_process(base + extra, logs / f"server_{mode}.log") as url:
+        with server_process(base + extra, logs / f"server_{mode}.log") as (url, _):
             warm = [(name, i) for name in names for i in range(4)]
             asyncio.run(measure(url, warm, inputs, expected, clients, max_seconds))
             before = httpx.get(f"{url}/health").json()["batches"]

@@ -65,6 +65,17 @@ class TaskEntry:
         return self.encoder.position_offset if self.encoder is not None else 0
 
 
+def check_task_name(name: str) -> None:
+    """Task names are letters, digits, '-', '_' and '.', in namespaces separated by '/' (``acme/sentiment``,
+    as a prompt store's folders); no part is empty or starts with '.', so a name is never ``..``."""
+    parts = name.split("/")
+    plain = [p.replace("-", "").replace("_", "").replace(".", "") for p in parts]
+    if not all(p and not p.startswith(".") and q.isalnum() for p, q in zip(parts, plain, strict=True)):
+        raise ValueError(
+            f"task name {name!r}: use letters, digits, '-', '_' or '.' (not first), namespaces separated by '/'"
+        )
+
+
 def _task_name(directory: Path) -> str:
     """``runs/sentiment/checkpoint`` -> ``sentiment``; any other folder -> its own name."""
     return directory.parent.name if directory.name == "checkpoint" else directory.name
@@ -115,8 +126,7 @@ class MultiPromptModel:
 
     def add(self, name: str, checkpoint: str | Path | TrainedCheckpoint) -> TaskEntry:
         """Load a checkpoint (a folder, or one already read) under ``name``; the backbone is not reloaded."""
-        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise ValueError(f"task name {name!r}: use letters, digits, '-', '_' or '.'")
+        check_task_name(name)
         if name in self.tasks:
             raise ValueError(f"a task named {name!r} is already loaded; remove it first")
         checkpoint = as_checkpoint(checkpoint)

@@ -7,6 +7,8 @@ Imports stay light (the CLI builds every sub-command's parser at start): the app
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,8 +23,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="the backbone (default: the one the first checkpoint was trained on)")
     p.add_argument("--prompts", nargs="*", default=[], metavar="DIR", help="checkpoint folders to serve")
     p.add_argument("--names", nargs="*", metavar="NAME", help="task names, one per --prompts folder")
+    p.add_argument("--store", metavar="DIR", help="a folder of checkpoint folders, loaded on demand")
+    p.add_argument("--max-loaded-tasks", type=int, default=100, help="store tasks kept in memory (LRU)")
+    p.add_argument("--cache-mb", type=float, default=512.0, help="MiB of store prompts + heads in memory")
+    p.add_argument("--api-keys", metavar="FILE", help="API keys, roles and task patterns (YAML)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without --api-keys: anyone can call",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-inputs", action="store_true", help="write the inputs into the access log")
+    p.add_argument("--no-access-log", action="store_true", help="no JSON access-log line per request")
     p.add_argument("--max-batch-size", type=int, default=32, help="inputs per mixed-task batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--max-queue", type=int, default=1024, help="waiting requests before answering 503")
@@ -54,8 +67,10 @@ def checkpoints(args: argparse.Namespace) -> dict[str, str]:
     """Task name -> checkpoint folder, from ``--prompts`` and ``--names``."""
     from ptuning_v2.serving.app import task_name
 
-    if not args.prompts and not args.model:
-        raise ConfigError("ptv2 serve: give --prompts checkpoint folders (or --model to start with none)")
+    if not args.prompts and not args.model and not args.store:
+        raise ConfigError(
+            "ptv2 serve: give --prompts checkpoint folders or a --store (or --model to start with none)"
+        )
     if args.names is not None and len(args.names) != len(args.prompts):
         raise ConfigError(f"--names: {len(args.names)} names for {len(args.prompts)} --prompts folders")
     names = args.names or [task_name(Path(p)) for p in args.prompts]
@@ -65,14 +80,19 @@ def checkpoints(args: argparse.Namespace) -> dict[str, str]:
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
-    """The server's limits from the command line, checked."""
+    """The server's limits, store and keys from the command line, checked."""
     from ptuning_v2.serving.app import ServeConfig
+    from ptuning_v2.serving.auth import read_keys
 
-    for flag in ("max_batch_size", "max_queue", "max_inputs", "max_input_chars"):
+    for flag in ("max_batch_size", "max_queue", "max_inputs", "max_input_chars", "max_loaded_tasks"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')}: expected a positive number")
     if args.max_wait_ms < 0:
         raise ConfigError("--max-wait-ms: expected 0 or more")
+    if not args.cache_mb > 0:
+        raise ConfigError("--cache-mb: expected a positive number")
+    if args.store and not Path(args.store).is_dir():
+        raise ConfigError(f"--store {args.store}: not a folder")
     return ServeConfig(
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
@@ -81,4 +101,30 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         max_input_chars=args.max_input_chars,
         overlong=args.overlong,
         batching=not args.no_batching,
+        store=str(Path(args.store).resolve()) if args.store else None,
+        max_loaded_tasks=args.max_loaded_tasks,
+        cache_mb=args.cache_mb,
+        api_keys=read_keys(args.api_keys) if args.api_keys else None,
+        log_inputs=args.log_inputs,
+        access_log=not args.no_access_log,
     )
+
+
+def check_listen(args: argparse.Namespace, config: ServeConfig) -> None:
+    """The address to bind: a valid port, a host that resolves, and loopback only unless callers need a
+    key (``--api-keys``) or the user said ``--insecure``."""
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port {args.port}: expected a port number from 1 to 65535")
+    try:
+        addresses = {
+            info[4][0] for info in socket.getaddrinfo(args.host, args.port, proto=socket.IPPROTO_TCP)
+        }
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--host {args.host}: not an address of this machine ({exc})") from None
+    loopback = all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+    if not loopback and config.api_keys is None and not args.insecure:
+        raise ConfigError(
+            f"--host {args.host} is reachable from other machines and this server has no --api-keys: anyone "
+            "could call it and add tasks from any folder it can read; give --api-keys FILE, or --insecure if "
+            "something in front of it (a gateway) already checks callers"
+        )

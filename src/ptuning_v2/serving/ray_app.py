@@ -39,7 +39,9 @@ from ptuning_v2.serving.app import ServeConfig, create_app
 from ptuning_v2.serving.batching import Request as PredictRequest
 from ptuning_v2.serving.batching import predict_requests
 from ptuning_v2.serving.multi_prompt import MultiPromptModel
+from ptuning_v2.serving.observability import REQUEST_ID_HEADER, configure_access_log
 from ptuning_v2.serving.options import add_arguments, checkpoints, serve_config
+from ptuning_v2.serving.store import PromptStore, open_backbone
 
 T = TypeVar("T")
 REPLICA_HEADER = "x-ptv2-replica"
@@ -58,6 +60,7 @@ class ReplicaEngine:
         self.closing = False
         self.in_flight = 0
         self.batches = 0
+        self.observe_pass: Callable[[int], None] = lambda rows: None
         replicas = serve.get_replica_context().world_size  # None when autoscaling
         self.tasks_fixed: str | None = None
         if replicas != 1:
@@ -113,6 +116,7 @@ class ReplicaEngine:
                 requests,
                 self.config.max_batch_size,
                 self.config.overlong == "refuse",
+                self.observe_pass,
             )
         except Exception as exc:
             return [exc] * len(requests)
@@ -129,7 +133,9 @@ class PromptServer:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # as ptv2 does: no weight-loading bars in the replica's log
-        self.multi = MultiPromptModel.from_checkpoints(tasks, device=device, model=model)
+        configure_access_log(config.access_log)  # in the replica's log (Ray forwards it to the driver)
+        store = PromptStore(config.store) if config.store else None
+        self.multi = open_backbone(tasks, store, model, device)
         self.config = config
         self.replica_tag = serve.get_replica_context().replica_tag
 
@@ -143,6 +149,9 @@ class PromptServer:
         ) -> Response:
             response = await call_next(request)
             response.headers[REPLICA_HEADER] = self.replica_tag
+            # Ray Serve's proxy puts its request id (the client's, or one it makes) in the request, which
+            # our middleware keeps, and adds it to the answer itself: one header, not two.
+            del response.headers[REQUEST_ID_HEADER]
             return response
 
         return app

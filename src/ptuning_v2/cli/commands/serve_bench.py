@@ -1,6 +1,7 @@
-"""``ptv2 serve-bench --prompts DIR [DIR ...]``: the load test of ``ptv2 serve``, batching on and off.
-
-Writes ``OUTPUT_DIR/load.json`` and ``load.md``; loopback only, bounded in requests and seconds.
+"""``ptv2 serve-bench --prompts DIR [DIR ...]``: the load test of ``ptv2 serve``, batching on and off
+(``OUTPUT_DIR/load.json``, ``load.md``); with ``--store-tasks N``, the store-scale test instead: N tasks
+copied from the given checkpoints, three traffic shapes (``store.json``, ``store.md``). Loopback only,
+bounded in requests and seconds.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seconds", type=float, default=120.0, help="stop a mode after this long")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--output-dir", default="results/serving", help="where load.json and load.md go")
+    p.add_argument("--output-dir", default="results/serving", help="where the JSON and markdown go")
+    store = p.add_argument_group("store scale (ptv2 serve --store)")
+    store.add_argument(
+        "--store-tasks", type=int, metavar="N", help="build a store of N tasks copied from --prompts; test it"
+    )
+    store.add_argument("--max-loaded-tasks", type=int, default=100, help="the server's cache bound")
+    store.add_argument("--zipf-s", type=float, default=1.1, help="the Zipf exponent of task popularity")
+    store.add_argument("--store-dir", help="where to build the store (default: a temporary folder)")
     p.set_defaults(func=run)
 
 
@@ -35,9 +43,13 @@ def run(args: argparse.Namespace) -> int:
     if args.names is not None and len(args.names) != len(args.prompts):
         raise ConfigError(f"--names: {len(args.names)} names for {len(args.prompts)} --prompts folders")
     names = args.names or [task_name(Path(p)) for p in args.prompts]
-    for flag in ("clients", "requests", "inputs_per_task"):
+    for flag in ("clients", "requests", "inputs_per_task", "max_loaded_tasks"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')}: expected a positive number")
+    command = "ptv2 serve-bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["serve-bench"] else [])
+    server_args = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+    if args.store_tasks is not None:
+        return run_store(args, dict(zip(names, args.prompts, strict=True)), server_args, command)
     report = run_load_test(
         dict(zip(names, args.prompts, strict=True)),
         Path(args.output_dir),
@@ -45,8 +57,36 @@ def run(args: argparse.Namespace) -> int:
         requests=args.requests,
         inputs_per_task=args.inputs_per_task,
         max_seconds=args.max_seconds,
-        server_args=["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)],
-        command="ptv2 serve-bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["serve-bench"] else []),
+        server_args=server_args,
+        command=command,
     )
     print(json.dumps({k: report[k] for k in ("throughput_ratio", "p99_ratio", "all_correct")}))
+    return 0 if report["all_correct"] else 1
+
+
+def run_store(
+    args: argparse.Namespace, checkpoints: dict[str, str], server_args: list[str], command: str
+) -> int:
+    from ptuning_v2.serving.store_bench import run_store_bench
+
+    if args.store_tasks < 1:
+        raise ConfigError("--store-tasks: expected a positive number")
+    if args.store_dir and Path(args.store_dir).exists() and any(Path(args.store_dir).iterdir()):
+        raise ConfigError(f"--store-dir {args.store_dir}: not empty; give a new or empty folder")
+    report = run_store_bench(
+        checkpoints,
+        Path(args.output_dir),
+        tasks=args.store_tasks,
+        max_loaded=args.max_loaded_tasks,
+        clients=args.clients,
+        requests=args.requests,
+        inputs_per_task=args.inputs_per_task,
+        max_seconds=args.max_seconds,
+        zipf_s=args.zipf_s,
+        server_args=server_args,
+        store_dir=Path(args.store_dir) if args.store_dir else None,
+        command=command,
+    )
+    keys = ("zipf_vs_all_hot_throughput", "rss_all_hot_vs_one_loaded", "all_correct")
+    print(json.dumps({k: report[k] for k in keys}))
     return 0 if report["all_correct"] else 1
