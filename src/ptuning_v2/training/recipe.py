@@ -89,9 +89,9 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def build_model(run: RunConfig, task: Task, backbone: nn.Module, tokenizer: Any) -> nn.Module:
-    if run.train.gradient_checkpointing:
-        backbone.activation_checkpointing_enable()
     encoder = get_method(run.method).build(backbone, run, tokenizer)
+    if run.train.gradient_checkpointing:  # after the method: prompted, MPNet can be checkpointed too
+        backbone.activation_checkpointing_enable()
     return task.build_model(encoder)
 
 

@@ -193,10 +193,18 @@ def install_adapter(model: nn.Module, adapter: AttentionAdapter) -> None:
         if not hasattr(layer, "gradient_checkpointing"):
             layer.gradient_checkpointing = False
             undo += [partial(vars(layer).pop, name, None) for name in _CHECKPOINTING_ATTRIBUTES]
-    if not model.supports_gradient_checkpointing:
+    if not model.supports_gradient_checkpointing:  # checkpointable while prompted, and only then
         model.supports_gradient_checkpointing = True
         undo.append(partial(vars(model).pop, "supports_gradient_checkpointing"))
+        if not hasattr(model, "_require_grads_hooks"):
+            undo.append(partial(_drop_input_grad_hooks, model))
     model._ptv2_adapter_undo = undo
+
+
+def _drop_input_grad_hooks(model: nn.Module) -> None:
+    """Take back the input-embedding hooks ``activation_checkpointing_enable`` adds along with checkpointing."""
+    model.disable_input_require_grads()
+    vars(model).pop("_require_grads_hooks", None)
 
 
 def uninstall_adapter(model: nn.Module) -> None:
