@@ -4,7 +4,7 @@ The shell script runs each stage with a time limit and records its outcome; this
 that needs Python. Sub-commands:
 
   env OUT.json                        versions, GPUs, which optional packages import
-  model KIND DIR                      print a model to use: the built-in (smollm2 / minilm) when it can
+  model KIND DIR                      print a model to use: the built-in (smollm2 / minilm / mpnet) when it can
                                       be fetched, else the same architecture with random weights in DIR
   data DIR                            print a causal_lm data spec: built-in aclsum, else synthetic JSONL
   config MODEL DATA OUT.yaml          a causal_lm P-Tuning v2 run config for them
@@ -12,6 +12,8 @@ that needs Python. Sub-commands:
   train NAME CONFIG OUT.json [--set k=v ...]
                                       train_run in this process (or each process of a launcher), then
                                       write loss, time, steps/s and peak GPU memory (rank 0)
+  scale DIR OUT                       the scale comparison (configs/compare_mpnet) on Rotten Tomatoes at a
+                                      GPU budget, MPNet and MiniLM: OUT/<model>/comparison.*, OUT.json
   summary DIR                         merge DIR/*.json into DIR/summary.json
 """
 
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
-    # SmolLM2-135M-Instruct and all-MiniLM-L6-v2, as published (config.json).
+    # SmolLM2-135M-Instruct, all-MiniLM-L6-v2 and all-mpnet-base-v2, as published (config.json).
     "smollm2": {
         "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
         "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "max_position_embeddings": 8192,
@@ -37,6 +39,10 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "minilm": {
         "model_type": "bert", "hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6,
         "num_attention_heads": 12, "max_position_embeddings": 512,
+    },
+    "mpnet": {
+        "model_type": "mpnet", "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "max_position_embeddings": 514, "relative_attention_num_buckets": 32,
     },
 }  # fmt: skip
 
@@ -230,6 +236,57 @@ def prepare(directory: str) -> None:
     config(read["decoder"], read["data"], str(Path(directory) / "causal.yaml"))
 
 
+SCALE_METHODS = "ptuning_v2,lora,prompt_tuning,full"
+SCALE_BUDGET = ["train.max_steps=200", "train.batch_size=32", "train.eval_batch_size=256"]
+"""The defaults comparison's budget, 4x the CPU one of configs/compare_mpnet (100 steps of 16)."""
+
+
+def scale(directory: str, out: str) -> None:
+    """``ptv2 compare`` of P-Tuning v2, LoRA, prompt tuning and full fine-tuning on Rotten Tomatoes with MPNet
+    (110M) and MiniLM (22M), each method in its own process; OUT.json keeps the rows. Exits 1 if a run failed."""
+    import contextlib
+    import io
+    import shutil
+    import subprocess
+
+    rows: dict[str, Any] = {}
+    for kind, config_file in (("mpnet", "rotten_tomatoes.yaml"), ("minilm", "minilm_rotten_tomatoes.yaml")):
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            model(kind, directory)
+        spec = buffer.getvalue().strip().splitlines()[-1]
+        target = Path(out) / kind
+        shutil.rmtree(target, ignore_errors=True)
+        overrides = [f"model={spec}", *SCALE_BUDGET]
+        command = [sys.executable, "-m", "ptuning_v2.cli.main", "compare", f"configs/compare_mpnet/{config_file}",
+                   "--methods", SCALE_METHODS, "--output-dir", str(target)]  # fmt: skip
+        subprocess.run(command + [a for o in overrides for a in ("--set", o)], check=False)
+        result = json.loads((target / "comparison.json").read_text())
+        rows[kind] = {
+            "model": spec,
+            "weights": "random" if (Path(spec) / "RANDOM_WEIGHTS").exists() else "pretrained",
+            "budget": result["budget"],
+            "device": result["device"],
+            "methods": [
+                {
+                    **{
+                        k: m.get(k)
+                        for k in ("method", "status", "trainable_params", "train_seconds", "steps")
+                    },
+                    "dev_accuracy": (m.get("dev") or {}).get("accuracy"),
+                    "test_accuracy": (m.get("test") or {}).get("accuracy"),
+                    "peak_cuda_mib": round(m["peak_cuda_bytes"] / 2**20, 1)
+                    if m.get("peak_cuda_bytes")
+                    else None,
+                }
+                for m in result["methods"]
+            ],
+        }
+    write_json(f"{out}.json", rows)
+    if any(m["status"] != "ok" for r in rows.values() for m in r["methods"]):
+        sys.exit(1)
+
+
 def summary(directory: str) -> None:
     root = Path(directory)
     merged: dict[str, Any] = {}
@@ -251,7 +308,14 @@ def main(argv: list[str]) -> None:
         overrides = [rest[i + 1] for i in range(0, len(rest), 2) if rest[i] == "--set"]
         train(name, config_path, out, overrides)
     else:
-        commands = {"env": env, "model": model, "data": data, "config": config, "prepare": prepare}
+        commands = {
+            "env": env,
+            "model": model,
+            "data": data,
+            "config": config,
+            "prepare": prepare,
+            "scale": scale,
+        }
         {**commands, "summary": summary}[command](*args)
 
 

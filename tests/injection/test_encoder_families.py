@@ -1,4 +1,5 @@
-"""Both injection modes on every BERT-family encoder the project supports (tiny random configs)."""
+"""Both injection modes on every encoder family the project supports (tiny random configs): the BERT family
+through transformers' attention interface, DeBERTa, DeBERTa-v2 and MPNet through attention adapters."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ from transformers import (
     AlbertModel,
     BertConfig,
     BertModel,
+    DebertaConfig,
+    DebertaModel,
+    DebertaV2Config,
+    DebertaV2Model,
     DistilBertConfig,
     DistilBertModel,
     ElectraConfig,
     ElectraModel,
+    MPNetConfig,
+    MPNetModel,
     RobertaConfig,
     RobertaModel,
 )
@@ -21,6 +28,8 @@ from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 
 COMMON = {"vocab_size": 60, "max_position_embeddings": 64}
+SIZES = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
+DISENTANGLED = {"relative_attention": True, "pos_att_type": ["p2c", "c2p"]}
 FAMILIES = {
     "bert": (
         BertModel,
@@ -51,6 +60,19 @@ FAMILIES = {
         ),
     ),
     "distilbert": (DistilBertModel, DistilBertConfig(dim=16, n_layers=2, n_heads=2, hidden_dim=32, **COMMON)),
+    "deberta": (DebertaModel, DebertaConfig(**SIZES, **DISENTANGLED, **COMMON)),
+    "deberta-v2": (
+        DebertaV2Model,
+        DebertaV2Config(
+            **SIZES,
+            **DISENTANGLED,
+            position_buckets=16,
+            share_att_key=True,
+            position_biased_input=False,
+            **COMMON,
+        ),
+    ),
+    "mpnet": (MPNetModel, MPNetConfig(**SIZES, **COMMON)),
 }
 IDS = torch.tensor([[5, 7, 9, 11, 13, 0], [5, 8, 10, 0, 0, 0]])
 MASK = (IDS != 0).long()

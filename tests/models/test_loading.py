@@ -178,3 +178,40 @@ def test_smollm2_converts_reloads_fast_and_completes_sensibly(tmp_path: Path) ->
     fresh = convert_gguf(alias.fetch_files(), alias.gguf_file, tmp_path / "smollm2")
     assert [p.name for p in tmp_path.iterdir()] == ["smollm2"]
     assert backbone_fingerprint(load_backbone(str(fresh), "causal_lm")) == backbone_fingerprint(model)
+
+
+@pytest.mark.slow
+def test_mpnet_gives_real_sentence_embeddings_and_takes_deep_prompts() -> None:
+    from ptuning_v2.config import DeepPromptConfig
+    from ptuning_v2.prompts.model import DeepPromptModel
+
+    model = load_backbone("mpnet", "encoder")
+    tokenizer = load_tokenizer("mpnet")
+    assert type(model).__name__ == "MPNetModel"
+    assert sum(p.numel() for p in model.parameters()) == 109_486_464
+    sentences = ["a cat sits on the mat", "a kitten is on the rug", "stock prices fell sharply"]
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    similar, unrelated = float(emb[0] @ emb[1]), float(emb[0] @ emb[2])
+    assert similar > 0.5 and unrelated < 0.2 and similar - unrelated > 0.4
+
+    prompted = DeepPromptModel(model, DeepPromptConfig(num_virtual_tokens=8, init_std=1.0))
+    assert [(s.name, s.num_kv_heads, s.head_dim) for s in prompted.injector.slots][::11] == [
+        ("self_0", 12, 64),
+        ("self_11", 12, 64),
+    ]
+    out = prompted.train()(**batch).last_hidden_state
+    (out.float() ** 2).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in prompted.prompt.parameters())
+    with torch.no_grad():
+        prompted.eval()
+        together = prompted(**batch).last_hidden_state
+        length = int(batch["attention_mask"][2].sum())
+        alone = prompted(**tokenizer(sentences[2:], return_tensors="pt")).last_hidden_state
+        torch.testing.assert_close(together[2, :length], alone[0], atol=1e-4, rtol=1e-4)
+        assert (together - hidden).abs().max() > 1e-2
+        prompted.remove()
+        assert torch.equal(model(**batch).last_hidden_state, hidden)

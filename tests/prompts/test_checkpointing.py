@@ -14,11 +14,14 @@ from ptuning_v2.prompts.model import DeepPromptModel
 
 IDS = torch.tensor([[2, 8, 9, 10, 11, 3], [2, 12, 13, 3, 0, 0]])
 MASK = (IDS != 0).long()
+ENCODERS = ("bert", "deberta_v2", "mpnet")
+"""BERT's attention goes through transformers' attention interface; DeBERTa-v2's and MPNet's are their own
+code (attention adapters)."""
 
 
 def no_dropout_backbone(name: str, dirs: dict[str, Path]) -> torch.nn.Module:
     """The tiny test models with every dropout at 0, so two training-mode passes compute the same thing."""
-    if name == "bert":
+    if name in ENCODERS:
         return AutoModel.from_pretrained(
             dirs[name], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
         )
@@ -34,7 +37,7 @@ def loss_of(model: DeepPromptModel, name: str) -> torch.Tensor:
     if name == "t5":
         inputs["decoder_input_ids"] = torch.tensor([[0, 5, 6], [0, 7, 8]])
     out = model(**inputs)
-    states = out.last_hidden_state if name == "bert" else out.logits
+    states = out.last_hidden_state if name in ENCODERS else out.logits
     return (states.float() ** 2).mean()
 
 
@@ -46,14 +49,32 @@ def prompt_grads(model: DeepPromptModel, name: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture()
-def dirs(tiny_bert_dir: Path, tiny_llama_dir: Path, tiny_t5_dir: Path) -> dict[str, Path]:
-    return {"bert": tiny_bert_dir, "llama": tiny_llama_dir, "t5": tiny_t5_dir}
+def dirs(
+    tiny_bert_dir: Path,
+    tiny_deberta_v2_dir: Path,
+    tiny_mpnet_dir: Path,
+    tiny_llama_dir: Path,
+    tiny_t5_dir: Path,
+) -> dict[str, Path]:
+    return {
+        "bert": tiny_bert_dir,
+        "deberta_v2": tiny_deberta_v2_dir,
+        "mpnet": tiny_mpnet_dir,
+        "llama": tiny_llama_dir,
+        "t5": tiny_t5_dir,
+    }
 
 
-@pytest.mark.parametrize(
-    ("name", "mode"), [("bert", "prefix"), ("bert", "hidden"), ("llama", "prefix"), ("t5", "prefix")]
-)
-@pytest.mark.parametrize("enable", ["before", "after"])
+CHECKPOINTED = [
+    (name, mode, enable)
+    for name, mode in [(encoder, mode) for encoder in ENCODERS for mode in ("prefix", "hidden")]
+    + [("llama", "prefix"), ("t5", "prefix")]
+    for enable in ("before", "after")
+    if (name, enable) != ("mpnet", "before")  # transformers cannot checkpoint MPNet; prompted, it can
+]
+
+
+@pytest.mark.parametrize(("name", "mode", "enable"), CHECKPOINTED)
 def test_checkpointed_prompt_gradients_equal_plain_ones(name: str, mode: str, enable: str, dirs) -> None:
     config = DeepPromptConfig(num_virtual_tokens=3, mode=mode, init_std=0.5)
     torch.manual_seed(0)
@@ -88,8 +109,9 @@ def test_reentrant_checkpointing_is_refused(tiny_bert_dir: Path) -> None:
         model.gradient_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
 
 
-def test_two_prompted_models_on_one_backbone_from_two_threads(tiny_bert_dir: Path) -> None:
-    backbone = AutoModel.from_pretrained(tiny_bert_dir).eval()
+@pytest.mark.parametrize("name", ENCODERS)
+def test_two_prompted_models_on_one_backbone_from_two_threads(name: str, dirs) -> None:
+    backbone = AutoModel.from_pretrained(dirs[name]).eval()
     torch.manual_seed(0)
     first = DeepPromptModel(backbone, DeepPromptConfig(num_virtual_tokens=4, init_std=0.5)).eval()
     second = DeepPromptModel(backbone, DeepPromptConfig(num_virtual_tokens=9, init_std=0.5)).eval()
@@ -115,13 +137,15 @@ def test_two_prompted_models_on_one_backbone_from_two_threads(tiny_bert_dir: Pat
     assert wrong == []
 
 
+@pytest.mark.parametrize("name", ENCODERS)
 @pytest.mark.parametrize("mode", ["prefix", "hidden"])
-def test_remove_leaves_the_backbone_as_it_was(tiny_bert_dir: Path, mode: str) -> None:
-    backbone = AutoModel.from_pretrained(tiny_bert_dir).eval()
+def test_remove_leaves_the_backbone_as_it_was(name: str, mode: str, dirs) -> None:
+    backbone = AutoModel.from_pretrained(dirs[name]).eval()
     backbone.encoder.layer[1].output.dense.weight.requires_grad_(False)
     flags = {n: p.requires_grad for n, p in backbone.named_parameters()}
     attention = backbone.config._attn_implementation
     hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in backbone.modules()]
+    attributes = [sorted(vars(m)) for m in backbone.modules()]
     with torch.no_grad():
         before = backbone(input_ids=IDS, attention_mask=MASK).last_hidden_state
     model = DeepPromptModel(backbone, DeepPromptConfig(num_virtual_tokens=3, mode=mode, init_std=0.5))
@@ -130,6 +154,7 @@ def test_remove_leaves_the_backbone_as_it_was(tiny_bert_dir: Path, mode: str) ->
     assert model.remove() is backbone
     assert backbone.config._attn_implementation == attention
     assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in backbone.modules()] == hooks
+    assert [sorted(vars(m)) for m in backbone.modules()] == attributes
     assert not any(hasattr(m, "_ptv2_slot") for m in backbone.modules())
     assert {n: p.requires_grad for n, p in backbone.named_parameters()} == flags
     with torch.no_grad():
@@ -153,15 +178,34 @@ def test_a_second_hidden_mode_model_does_not_shift_the_first(tiny_bert_dir: Path
         assert torch.equal(first(input_ids=IDS, attention_mask=MASK).last_hidden_state, alone)
 
 
-def test_the_run_option_turns_checkpointing_on_for_training(tiny_bert_dir: Path) -> None:
+def test_mpnet_checkpointed_while_prompted_is_given_back_as_it_was(tiny_mpnet_dir: Path) -> None:
+    """transformers cannot checkpoint MPNet: prompted it can, and after removal it is as before again."""
+    backbone = AutoModel.from_pretrained(tiny_mpnet_dir)
+    with pytest.raises(ValueError, match="does not support activation checkpointing"):
+        backbone.activation_checkpointing_enable()
+    attributes = [sorted(vars(m)) for m in backbone.modules()]
+    hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in backbone.modules()]
+    model = DeepPromptModel(backbone, DeepPromptConfig(num_virtual_tokens=2))
+    model.gradient_checkpointing_enable()
+    assert backbone.is_activation_checkpointing
+    model.remove()
+    assert not backbone.is_activation_checkpointing
+    assert [sorted(vars(m)) for m in backbone.modules()] == attributes
+    assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in backbone.modules()] == hooks
+    with pytest.raises(ValueError, match="does not support activation checkpointing"):
+        backbone.activation_checkpointing_enable()
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_the_run_option_turns_checkpointing_on_for_training(name: str, dirs) -> None:
     from ptuning_v2.config import RunConfig
     from ptuning_v2.tasks.classification import ClassificationTask
     from ptuning_v2.trained.model import build_model
 
-    run = RunConfig.from_dict({"model": str(tiny_bert_dir), "train": {"gradient_checkpointing": True}})
+    run = RunConfig.from_dict({"model": str(dirs[name]), "train": {"gradient_checkpointing": True}})
     task = ClassificationTask(run, None)
     task.load_state({"labels": ["neg", "pos"]})
-    model = build_model(run, task, AutoModel.from_pretrained(tiny_bert_dir), None).train()
+    model = build_model(run, task, AutoModel.from_pretrained(dirs[name]), None).train()
     assert model.encoder.backbone.is_activation_checkpointing
     out = model({"input_ids": IDS, "attention_mask": MASK, "labels": torch.tensor([0, 1])})
     out["loss"].backward()

@@ -33,7 +33,23 @@ def peft_prefix(
     from peft import PrefixTuningConfig, get_peft_model
 
     config = PrefixTuningConfig(task_type=PEFT_TASK_TYPES[kind], num_virtual_tokens=k)
-    return get_peft_model(model, config).to(device=device, dtype=dtype)
+    peft_model = get_peft_model(model, config).to(device=device, dtype=dtype)
+    if k and kind == "encoder":
+        check_prefix_reaches_attention(peft_model, device)
+    return peft_model
+
+
+def check_prefix_reaches_attention(peft_model: nn.Module, device: torch.device) -> None:
+    """Models whose ``forward`` drops ``past_key_values`` unread (MPNet) run PEFT's prefix as the plain
+    model: timing that would be timing the plain model, so it is refused like a failure."""
+    ids = torch.full((1, 4), 5, dtype=torch.long, device=device)
+    base = peft_model.get_base_model()
+    with torch.no_grad():
+        prefixed, plain = peft_model(input_ids=ids), base(input_ids=ids)
+    if torch.equal(prefixed.last_hidden_state, plain.last_hidden_state):
+        raise ValueError(
+            f"PEFT's prefix has no effect on {type(base).__name__}: its forward drops past_key_values"
+        )
 
 
 def peft_sequence_classification_error(name: str) -> str | None:

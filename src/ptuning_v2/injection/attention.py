@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,38 +25,19 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from ptuning_v2.injection.adapters import adapter_for, install_adapter, uninstall_adapter
+from ptuning_v2.injection.prefix import (
+    PROMPTS_KWARG,
+    Delivery,
+    Prefix,
+    Recording,
+    prepend_tokens,
+    rows,
+    widen_mask,
+)
 from ptuning_v2.injection.slots import AttentionSlot, ProbeCall, probe_inputs, slots_from_probe
 
 PREFIX = "ptv2_"
-PROMPTS_KWARG = "ptv2_prompts"
-"""The keyword argument that carries one call's prompts from the model's ``forward`` to its layers."""
-
-
-@dataclass(frozen=True)
-class Prefix:
-    """One slot's prefix for one call.
-
-    ``key`` and ``value`` are ``[batch or 1, kv_heads, length, head_dim]``; ``mask`` (``[batch, length]``,
-    True where attended) hides the unused positions of rows whose prompt is shorter than the longest in
-    a mixed-task batch, or that have no prompt at this layer. ``None``: every position is attended.
-    """
-
-    key: torch.Tensor
-    value: torch.Tensor
-    mask: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What one forward call hands the layers: each slot's prompt, and the injector that made them
-    (hidden-mode hooks of another prompted model on the same backbone leave it alone)."""
-
-    owner: object
-    prompts: Mapping[str, Any]
-
-
-class Recording(list[ProbeCall]):
-    """Passed as ``ptv2_prompts`` to record every attention call (probe, text initialisation)."""
 
 
 def _base_function(module: nn.Module, base: str) -> Callable[..., Any]:
@@ -91,13 +71,6 @@ def _make_prefixed_attention(base: str) -> Callable[..., Any]:
     return prefixed_attention
 
 
-def _rows(tensor: torch.Tensor, batch: int) -> torch.Tensor:
-    """A per-row tensor for ``batch`` rows: generate() repeats each row for beams / returned sequences."""
-    if tensor.shape[0] in (1, batch):
-        return tensor
-    return tensor.repeat_interleave(batch // tensor.shape[0], dim=0)
-
-
 def prepend_prefix(
     module: nn.Module,
     base: str,
@@ -112,71 +85,15 @@ def prepend_prefix(
     batch = key.shape[0]
     length = prefix.key.shape[2]
     q_len, kv_len = query.shape[2], key.shape[2]
-    key = prepend_tokens(_rows(prefix.key, batch).to(key.dtype), key)
-    value = prepend_tokens(_rows(prefix.value, batch).to(value.dtype), value)
-    prefix_mask = None if prefix.mask is None else _rows(prefix.mask, batch)
+    key = prepend_tokens(rows(prefix.key, batch).to(key.dtype), key)
+    value = prepend_tokens(rows(prefix.value, batch).to(value.dtype), value)
+    prefix_mask = None if prefix.mask is None else rows(prefix.mask, batch)
     attention_mask = widen_mask(attention_mask, length, q_len, kv_len, module, base, query, prefix_mask)
     bias = kwargs.get("position_bias")
     if bias is not None:
         zeros = bias.new_zeros(*bias.shape[:-1], length)
         kwargs = {**kwargs, "position_bias": torch.cat([zeros, bias], dim=-1)}
     return key, value, attention_mask, kwargs
-
-
-def prepend_tokens(prefix: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """``[prefix; states]`` along the tokens (dim 2) of ``[batch, heads, tokens, head_dim]`` tensors.
-
-    Projections usually leave keys and values token-major in memory (``[batch, tokens, heads, dim]``,
-    viewed transposed); concatenating in that layout copies whole token rows instead of one short
-    row per head, about a third faster, and gives attention the same layout as without a prefix.
-    """
-    batch = states.shape[0]
-    if states.transpose(1, 2).is_contiguous():
-        rows = [prefix.transpose(1, 2).expand(batch, -1, -1, -1), states.transpose(1, 2)]
-        return torch.cat(rows, dim=1).transpose(1, 2)
-    return torch.cat([prefix.expand(batch, -1, -1, -1), states], dim=2)
-
-
-def widen_mask(
-    mask: torch.Tensor | None,
-    length: int,
-    q_len: int,
-    kv_len: int,
-    module: nn.Module,
-    base: str,
-    query: torch.Tensor,
-    prefix_mask: torch.Tensor | None = None,
-) -> torch.Tensor | None:
-    """Every query may attend to every (unmasked) prefix position; the rest of the mask is unchanged."""
-    causal = base == "sdpa" and q_len > 1 and getattr(module, "is_causal", False)
-    if mask is None:
-        if prefix_mask is None and not causal:
-            return None
-        # sdpa infers causality from a missing mask; with a prefix the shapes no longer imply it.
-        # One op: the diagonal offset leaves every prefix column visible (kv_len >= q_len).
-        total = length + kv_len
-        visible = torch.ones(q_len, total, dtype=torch.bool, device=query.device)
-        mask = visible.tril(total - q_len)[None, None] if causal else visible[None, None]
-        if prefix_mask is None:
-            return mask
-        mask = mask[..., length:]  # the real keys' part; the prefix part comes from prefix_mask
-        if base != "sdpa":  # eager implementations add the mask to the scores
-            mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
-    if mask.dim() == 2:  # flash-attention style padding mask [batch, keys]
-        cols = prefix_mask.to(mask.dtype) if prefix_mask is not None else mask.new_ones(mask.shape[0], length)
-        return torch.cat([cols.expand(mask.shape[0], -1), mask], dim=-1)
-    if prefix_mask is None:
-        fill = mask.new_ones if mask.dtype == torch.bool else mask.new_zeros
-        return torch.cat([fill(*mask.shape[:-1], length), mask], dim=-1)
-    if mask.dtype == torch.bool:
-        cols = prefix_mask
-    else:
-        cols = torch.zeros(prefix_mask.shape, dtype=mask.dtype, device=mask.device)
-        cols = cols.masked_fill(~prefix_mask, torch.finfo(mask.dtype).min)
-    batch = max(mask.shape[0], cols.shape[0])
-    shape = (batch, mask.shape[1], mask.shape[2])
-    cols = cols[:, None, None, :].expand(*shape, length)
-    return torch.cat([cols, mask.expand(*shape, mask.shape[-1])], dim=-1)
 
 
 def _implementation_name(base: str) -> str:
@@ -201,23 +118,33 @@ def _accept_prompts_in_generate(model: nn.Module) -> None:
     model._validate_model_kwargs = validate_model_kwargs
 
 
+def _route_attention(model: nn.Module) -> None:
+    """Switch the model's attention implementation to its ``ptv2_`` wrapper (``uninstall`` switches back)."""
+    current = model.config._attn_implementation
+    base = current.removeprefix(PREFIX) if current else "eager"
+    if base not in ALL_MASK_ATTENTION_FUNCTIONS:
+        raise ValueError(f"attention implementation {base!r} is not supported for prefix injection")
+    model._ptv2_original_attention = current
+    model.set_attn_implementation(_implementation_name(base))
+    _accept_prompts_in_generate(model)
+
+
 def install(model: nn.Module) -> list[AttentionSlot]:
-    """Route the model's attention through the prefix wrapper and name every attention slot.
+    """Route the model's attention through the prefix wrapper (or, for a model whose attention is its
+    own code, through its architecture's adapter) and name every attention slot.
 
     Several prompted models may share one backbone: each install counts, and ``uninstall`` restores
     the backbone when the last one is removed. Only the first install runs the probe forward; later ones
     reuse its slots and change nothing the backbone's running calls read (a server adds prompts this
     way, cheaply, while another thread runs batches).
     """
-    current = model.config._attn_implementation
-    base = current.removeprefix(PREFIX) if current else "eager"
-    if base not in ALL_MASK_ATTENTION_FUNCTIONS:
-        raise ValueError(f"attention implementation {base!r} is not supported for prefix injection")
     if not getattr(model, "_ptv2_installs", 0):
-        model._ptv2_original_attention = current
+        adapter = adapter_for(model)
+        if adapter is None:
+            _route_attention(model)
+        else:
+            install_adapter(model, adapter)
         model._ptv2_installs = 0
-        model.set_attn_implementation(_implementation_name(base))
-        _accept_prompts_in_generate(model)
         model._ptv2_slots = probe_slots(model)
     model._ptv2_installs += 1
     return list(model._ptv2_slots)
@@ -246,9 +173,12 @@ def uninstall(model: nn.Module) -> None:
     for module in model.modules():
         if "_ptv2_slot" in vars(module):
             del module._ptv2_slot
-    vars(model).pop("_validate_model_kwargs", None)
-    model.set_attn_implementation(model._ptv2_original_attention)
-    del model._ptv2_installs, model._ptv2_original_attention, model._ptv2_slots
+    if "_ptv2_original_attention" in vars(model):
+        vars(model).pop("_validate_model_kwargs", None)
+        model.set_attn_implementation(vars(model).pop("_ptv2_original_attention"))
+    else:
+        uninstall_adapter(model)
+    del model._ptv2_installs, model._ptv2_slots
 
 
 def to_key_value(prompt: torch.Tensor, slot: AttentionSlot) -> tuple[torch.Tensor, torch.Tensor]:

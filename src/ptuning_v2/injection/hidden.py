@@ -14,19 +14,10 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ptuning_v2.injection.attention import PROMPTS_KWARG, Delivery, install, uninstall
-
-
-def _layer_of(model: nn.Module, attention_path: str) -> tuple[str, nn.Module]:
-    """The ancestor of an attention module that is an item of a ``ModuleList`` (the transformer layer)."""
-    modules = dict(model.named_modules())
-    parts = attention_path.split(".")
-    for end in range(len(parts) - 1, 0, -1):
-        parent = modules[".".join(parts[: end - 1])] if end > 1 else model
-        if isinstance(parent, nn.ModuleList):
-            path = ".".join(parts[:end])
-            return path, modules[path]
-    raise ValueError(f"no layer list found above attention module {attention_path}")
+from ptuning_v2.injection.adapters import adapter_for
+from ptuning_v2.injection.attention import install, uninstall
+from ptuning_v2.injection.prefix import PROMPTS_KWARG, Delivery
+from ptuning_v2.injection.slots import layer_of
 
 
 def widen_square_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
@@ -58,8 +49,10 @@ class HiddenInjector:
         self.slots = [slot for slot in install(model) if slot.kind in attach_to]
         self._widths = {slot.name: hidden for slot in self.slots}
         self.handles: list[RemovableHandle] = []
-        for slot in self.slots:
-            _, layer = _layer_of(model, slot.module_path)
+        # A model whose attention is its own code takes hidden prompts in its attention adapter, as the
+        # keys and values the layer's own projections give them: all that reaches the real tokens.
+        for slot in self.slots if adapter_for(model) is None else []:
+            _, layer = layer_of(model, slot.module_path)
             self.handles.append(
                 layer.register_forward_pre_hook(self._make_pre_hook(slot.name), with_kwargs=True)
             )

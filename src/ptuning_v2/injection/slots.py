@@ -61,6 +61,18 @@ def probe_inputs(model: nn.Module, encoder_len: int = 5, decoder_len: int = 3) -
     return inputs
 
 
+def layer_of(model: nn.Module, attention_path: str) -> tuple[str, nn.Module]:
+    """The ancestor of an attention module that is an item of a ``ModuleList`` (the transformer layer)."""
+    modules = dict(model.named_modules())
+    parts = attention_path.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        parent = modules[".".join(parts[: end - 1])] if end > 1 else model
+        if isinstance(parent, nn.ModuleList):
+            path = ".".join(parts[:end])
+            return path, modules[path]
+    raise ValueError(f"no layer list found above attention module {attention_path}")
+
+
 def slots_from_probe(model: nn.Module, calls: list[ProbeCall], encoder_len: int = 5) -> list[AttentionSlot]:
     """Turn the recorded calls into named slots, numbering layers within each kind."""
     paths = {id(module): path for path, module in model.named_modules()}

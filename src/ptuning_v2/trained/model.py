@@ -18,9 +18,9 @@ from ptuning_v2.tasks import Task, get_task
 
 def build_model(run: RunConfig, task: Task, backbone: nn.Module, tokenizer: Any) -> nn.Module:
     """``run``'s method turns ``backbone`` into an encoder (trained parameters marked), under ``task``'s head."""
-    if run.train.gradient_checkpointing:
-        backbone.activation_checkpointing_enable()
     encoder = get_method(run.method).build(backbone, run, tokenizer)
+    if run.train.gradient_checkpointing:  # after the method: prompted, MPNet can be checkpointed too
+        backbone.activation_checkpointing_enable()
     return task.build_model(encoder)
 
 

@@ -126,16 +126,18 @@ def build_task_models(
     config: MultiTaskConfig, tasks: list[Task], backbone: nn.Module, tokenizer: Any
 ) -> list[nn.Module]:
     """Each task's model on the one backbone: its own prompt, or the one shared prompt, and its head."""
-    if config.train.gradient_checkpointing:
-        backbone.activation_checkpointing_enable()
     method = get_method(config.method)
     if config.prompt_sharing == "shared":
         encoder = method.build(backbone, config.tasks[0].run, tokenizer)
-        return [task.build_model(encoder) for task in tasks]
-    return [
-        task.build_model(method.build(backbone, spec.run, tokenizer))
-        for spec, task in zip(config.tasks, tasks, strict=True)
-    ]
+        models = [task.build_model(encoder) for task in tasks]
+    else:
+        models = [
+            task.build_model(method.build(backbone, spec.run, tokenizer))
+            for spec, task in zip(config.tasks, tasks, strict=True)
+        ]
+    if config.train.gradient_checkpointing:  # after the method: prompted, MPNet can be checkpointed too
+        backbone.activation_checkpointing_enable()
+    return models
 
 
 def build_optimizer(runs: list[TaskRun], shared: TrainConfig) -> torch.optim.AdamW:

