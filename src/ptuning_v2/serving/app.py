@@ -51,6 +51,8 @@ class ServeConfig:
     does, or answer 422."""
     batching: bool = True
     """False: every request runs alone (the baseline of the load test)."""
+    max_tokens: int = 1024
+    """The most new tokens an OpenAI-compatible request may ask for (``max_tokens``; 400 past it)."""
 
 
 class Engine(Protocol):
@@ -262,6 +264,14 @@ def create_app(
         except UnknownTaskError as exc:
             raise HTTPException(404, str(exc)) from None
 
+    async def task_for(request: Request, name: str) -> TaskEntry:
+        """The one resolver of the task a request names: 404 when it is not loaded."""
+        return entry(name)
+
+    async def task_names(request: Request) -> list[str]:
+        """The tasks a request may name."""
+        return sorted(multi.tasks)
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         dispatcher = state["dispatcher"]
@@ -344,6 +354,9 @@ def create_app(
             raise HTTPException(404, str(exc)) from None
         return {"removed": task}
 
+    from ptuning_v2.serving.openai_api import openai_routes  # it builds on this module
+
+    app.include_router(openai_routes(task_for, lambda: state["dispatcher"], config, task_names))
     return app
 
 
