@@ -365,3 +365,28 @@ def test_a_wrong_key_is_the_clients_authentication_error(multi) -> None:
         assert live.client().completions.create(model="plain", prompt="the movie").choices[0].text
     finally:
         live.stop()
+
+
+@pytest.mark.slow
+def test_chat_on_the_real_smollm2(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct with a zero-initialised prompt, chat-templated: the chat answer is
+    ``ptv2 predict``'s, streamed or not, and a stop sequence cuts it."""
+    torch.manual_seed(0)
+    options = {"chat_template": True, "source_template": "{source}", "max_new_tokens": 24}
+    prompt = {"num_virtual_tokens": 8, "init": "zero"}
+    folder = random_checkpoint("smollm2", tmp_path / "checkpoint", "causal_lm", prompt, {}, options)
+    question = "What is the capital of France?"
+    want = cli_predict(folder, [question])[0]["generated"]
+    live = LiveServer(create_app(MultiPromptModel.from_checkpoints({"assistant": folder}, device="cpu")))
+    try:
+        client = live.client()
+        messages = [{"role": "user", "content": question}]
+        answer = client.chat.completions.create(model="assistant", messages=messages)
+        assert answer.choices[0].message.content == want and want
+        assert joined(streamed(client, "assistant", question, chat=True), chat=True) == want
+        stop = want.split()[2]
+        cut = client.chat.completions.create(model="assistant", messages=messages, stop=stop)
+        assert cut.choices[0].message.content == want[: want.index(stop)].strip()
+    finally:
+        live.stop()
+    print(f"SmolLM2 answered {want!r}")
