@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from ptuning_v2.benchmarks.multitask import random_checkpoint
 from ptuning_v2.serving.app import Dispatcher, ServeConfig, create_app
 from ptuning_v2.serving.multi_prompt import MultiPromptModel, TaskEntry, UnknownTaskError
-from ptuning_v2.serving.openai_api import openai_routes
+from ptuning_v2.serving.openai_api import Generation, Settings, openai_routes
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} [SEP] {% endfor %}"
@@ -390,3 +390,53 @@ def test_chat_on_the_real_smollm2(tmp_path: Path) -> None:
     finally:
         live.stop()
     print(f"SmolLM2 answered {want!r}")
+
+
+class CleaningTokenizer:
+    """Words joined by spaces, then " ' " cleaned to "'" as some tokenizers clean up: the next token can
+    change the end of the text decoded so far."""
+
+    WORDS = ["it", "'", "s", "great", "fun", "the", "end", "[SEP]"]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        words = [
+            self.WORDS[int(i)] for i in ids if not (skip_special_tokens and self.WORDS[int(i)] == "[SEP]")
+        ]
+        return " ".join(words).replace(" ' ", "'")
+
+
+@pytest.mark.parametrize(
+    "stop, want",
+    [
+        ([], "it's great fun the end"),
+        (["fun the"], "it's great"),
+        (["t fun", "'"], "it"),
+        (["end"], "it's great fun the"),
+    ],
+)
+def test_a_stream_sends_only_text_that_stays(stop, want) -> None:
+    """Token by token, a stream sends what later tokens will not change; its parts join to the answer."""
+    entry = type("Entry", (), {"task": type("Task", (), {"tokenizer": CleaningTokenizer()})()})()
+    generation = Generation(entry, "prompt", Settings(stop=stop), refuse_overlong=False)
+    sent: list[str] = []
+    generation.emit = sent.append
+    ids = list(range(len(CleaningTokenizer.WORDS)))
+    for step in range(1, len(ids) + 1):
+        if generation(torch.tensor([ids[:step]]), None).all():
+            break
+    text, stopped = generation.answer(ids[:step])
+    assert text == want and "".join(sent) == want and stopped == bool(stop)
+    assert len(sent) >= len(want.split())  # piece by piece, not all at the end
+    generation.cancelled = True  # the client went away: the next token ends the generation
+    assert generation(torch.tensor([ids[:1]]), None).all()
+
+
+def test_a_task_removed_while_its_request_waited_is_not_found(multi, generation_tasks) -> None:
+    """Checked on the model thread, where tasks are loaded and removed: a request never runs a removed
+    task's prompt (here the task came back under the same name, as a new entry)."""
+    stale = multi.entry("sampled")
+    multi.remove("sampled")
+    multi.add("sampled", generation_tasks["sampled"])
+    with pytest.raises(UnknownTaskError, match="removed while its request waited"):
+        Generation(stale, "the movie", Settings(), refuse_overlong=False).run(multi)
+    assert Generation(multi.entry("sampled"), "the movie", Settings(), refuse_overlong=False).run(multi).text

@@ -59,6 +59,7 @@ class Engine(Protocol):
     """What the routes need from whatever runs the model: ``Dispatcher`` in one process, a Ray Serve
     replica in ``ray_app.py``; one set of routes and checks serves both."""
 
+    multi: MultiPromptModel
     closing: bool
     in_flight: int
     batches: int

@@ -36,7 +36,7 @@ from ptuning_v2.config import ConfigError
 from ptuning_v2.data import DataError, DataReport
 from ptuning_v2.serving.app import Engine, ServeConfig, read_json
 from ptuning_v2.serving.batching import InputTooLongError
-from ptuning_v2.serving.multi_prompt import TaskEntry, UnknownTaskError
+from ptuning_v2.serving.multi_prompt import MultiPromptModel, TaskEntry, UnknownTaskError
 from ptuning_v2.tasks.base import batches
 
 TaskResolver = Callable[[Request, str], Awaitable[TaskEntry]]
@@ -245,8 +245,8 @@ class Generation(StoppingCriteria):
         if self.settings.stop or self.emit is not None:
             new = input_ids[0, self.prompt_width :]
             text, stopped = cut_at_stop(self.decode(new), self.settings.stop)
-            if self.emit is not None:
-                self.send(text if stopped else self.settled(text, new))
+            if self.emit is not None and not stopped:  # stopped: ``answer`` sends the rest
+                self.send(self.settled(text, new))
         done = stopped or self.cancelled
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
@@ -268,8 +268,20 @@ class Generation(StoppingCriteria):
             self.emit(text[len(self.sent) :])
             self.sent = text
 
-    def run(self) -> Result:
-        """Tokenise, generate, decode: on the model thread."""
+    def answer(self, ids: list[int]) -> tuple[str, bool]:
+        """The text of the generated ``ids`` (stripped, as ``ptv2 predict``'s; cut at a stop sequence), and
+        whether a stop sequence ended it; a stream gets the rest of it."""
+        text, stopped = cut_at_stop(self.decode(ids), self.settings.stop)
+        text = text.strip()
+        if self.emit is not None:
+            self.send(text)
+        return text, stopped
+
+    def run(self, multi: MultiPromptModel) -> Result:
+        """Tokenise, generate, decode: on the model thread, where tasks are also loaded and removed (a
+        task removed while the request waited is an ``UnknownTaskError``)."""
+        if multi.entry(self.entry.name) is not self.entry:
+            raise UnknownTaskError(f"task {self.entry.name!r} was removed while its request waited")
         task = self.entry.task
         task.report = DataReport()
         if isinstance(self.source, str):
@@ -287,10 +299,7 @@ class Generation(StoppingCriteria):
         if options.get("num_beams", 1) == 1:  # beam search ranks whole beams: it is cut after it ends
             options["stopping_criteria"] = StoppingCriteriaList([self])
         (ids,) = task.generate_ids(self.entry.model, batch, options, self.settings.seed)
-        text, stopped = cut_at_stop(self.decode(ids), self.settings.stop)
-        text = text.strip()
-        if self.emit is not None:
-            self.send(text)
+        text, stopped = self.answer(ids)
         ended = stopped or (bool(ids) and ids[-1] == task.tokenizer.eos_token_id)
         finish = "length" if not ended and len(ids) >= options["max_new_tokens"] else "stop"
         return Result(text, finish, self.prompt_width, len(ids))
@@ -398,7 +407,7 @@ def openai_routes(
             if not done.cancelled():
                 done.exception()  # retrieved, also when nobody waits for it any more
 
-        running = asyncio.ensure_future(runner.call(generation.run))
+        running = asyncio.ensure_future(runner.call(generation.run, runner.multi))
         running.add_done_callback(ended)
         return running
 
