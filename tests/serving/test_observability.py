@@ -117,6 +117,13 @@ def test_a_fault_of_the_server_is_a_json_500_naming_the_request(server, monkeypa
     with caplog.at_level(logging.ERROR, logger="ptv2.serve"):
         response = httpx.get(f"{server.url}/v1/tasks", headers={"X-Request-ID": "oops"})
     assert response.status_code == 500 and response.headers["x-request-id"] == "oops"
-    assert response.json() == {"error": {"status": 500, "message": "internal server error (request id oops)"}}
+    assert response.json() == {
+        "error": {
+            "status": 500,
+            "message": "internal server error (request id oops)",
+            "type": "server_error",
+            "code": None,
+        }
+    }
     assert "request oops: unhandled error" in caplog.text and "RuntimeError: a bug" in caplog.text
     assert httpx.get(f"{server.url}/health").status_code == 200

@@ -16,14 +16,13 @@ loads it from the store when it is cold, and pins it until the request is answer
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -34,66 +33,17 @@ from ptuning_v2.checkpoint import CheckpointError, TrainedCheckpoint
 from ptuning_v2.config import ConfigError
 from ptuning_v2.data import DataError
 from ptuning_v2.models import ModelLoadError
-from ptuning_v2.serving.auth import AuthMiddleware, KeyRing, caller_key
+from ptuning_v2.serving.auth import AuthMiddleware, caller_key
 from ptuning_v2.serving.batching import InputTooLongError, predict_requests
 from ptuning_v2.serving.batching import Request as PredictRequest
+from ptuning_v2.serving.engine import Engine, ServeConfig, read_json
 from ptuning_v2.serving.multi_prompt import MultiPromptModel, TaskEntry, UnknownTaskError
 from ptuning_v2.serving.observability import Metrics, RequestMiddleware, context
+from ptuning_v2.serving.openai_api import openai_routes
 from ptuning_v2.serving.store import PromptStore, TaskCache, TaskLoader, TaskLoadError
 from ptuning_v2.utils.io import finite
 
 T = TypeVar("T")
-
-
-@dataclass
-class ServeConfig:
-    """The server's limits; see ``ptv2 serve --help``."""
-
-    max_batch_size: int = 32
-    """Inputs per mixed-task batch (a request with more inputs still runs, alone)."""
-    max_wait_ms: float = 5.0
-    """How long the first request of a batch waits for others."""
-    max_queue: int = 1024
-    """Requests accepted and not yet answered; one more is answered 503."""
-    max_inputs: int = 64
-    max_input_chars: int = 10_000
-    overlong: Literal["truncate", "refuse"] = "truncate"
-    """An input longer than the model takes (``train.max_length`` tokens): cut it, as ``ptv2 predict``
-    does, or answer 422."""
-    batching: bool = True
-    """False: every request runs alone (the baseline of the load test)."""
-    store: str | None = None
-    """A folder of checkpoint folders, loaded on demand (``store.py``)."""
-    max_loaded_tasks: int = 100
-    cache_mb: float = 512.0
-    """Bounds of the store's cache: tasks in memory, and MiB of their prompts and heads."""
-    api_keys: KeyRing | None = None
-    """None: no authentication (``ptv2 serve`` then binds loopback only, unless ``--insecure``)."""
-    access_log: bool = True
-    """One JSON line per request on stdout (``observability.configure_access_log``)."""
-    log_inputs: bool = False
-    """Write the inputs themselves into the access log (off: only their count)."""
-
-
-class Engine(Protocol):
-    """What the routes need from whatever runs the model: ``Dispatcher`` in one process, a Ray Serve
-    replica in ``ray_app.py``; one set of routes and checks serves both."""
-
-    closing: bool
-    in_flight: int
-    batches: int
-    tasks_fixed: str | None
-    """Why tasks cannot be added or removed here (409), or None when they can."""
-    observe_pass: Callable[[int], None]
-    """Called with the rows of every backbone pass (the metrics' histogram)."""
-
-    def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def predict(self, task: str, inputs: list[Any]) -> list[dict[str, Any]]: ...
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T: ...
 
 
 @dataclass
@@ -230,22 +180,6 @@ def describe(entry: TaskEntry) -> dict[str, Any]:
     }
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON: 413 past ``limit`` bytes, 422 when it is not JSON."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"request body of {declared} bytes; the limit is {limit}")
-    body = await request.body()
-    if len(body) > limit:
-        raise HTTPException(413, f"request body of {len(body)} bytes; the limit is {limit}")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(422, f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise HTTPException(422, "the body is not valid JSON: nested too deeply") from None
-
-
 def check_input(item: Any, index: int, max_chars: int) -> int:
     """The characters of one input (a text, a list of texts, or an object of texts); 422 for other types."""
     if isinstance(item, str):
@@ -335,6 +269,11 @@ def create_app(
         ctx.cleanups.append(lambda: cache.release(slot))
         ctx.task = name
         return slot.entry
+
+    async def task_names(request: Request) -> list[str]:
+        """The tasks a request may name: the loaded ones and the store's, as its key allows."""
+        names = set(multi.tasks) | (set(await asyncio.to_thread(store.names)) if store is not None else set())
+        return sorted(n for n in names if visible(request, n))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -453,6 +392,7 @@ def create_app(
             raise HTTPException(404, f"unknown task {task!r}") from None
         return {"removed": task}
 
+    app.include_router(openai_routes(task_for, lambda: state["dispatcher"], config, task_names))
     return app
 
 

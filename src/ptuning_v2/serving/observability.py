@@ -114,9 +114,24 @@ def context(connection: HTTPConnection | Scope) -> RequestContext:
     return scope[CONTEXT_KEY]
 
 
+OPENAI_ERROR_TYPES = {
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("rate_limit_error", None),
+}
+"""OpenAI's error type and code by status; any other 4xx is an ``invalid_request_error``, 5xx a ``server_error``."""
+
+
+def openai_error_type(status: int) -> tuple[str, str | None]:
+    return OPENAI_ERROR_TYPES.get(status, ("invalid_request_error" if status < 500 else "server_error", None))
+
+
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> list[Message]:
-    """The ASGI messages of a ``{"error": {"status", "message"}}`` answer, as the app's routes give."""
-    body = json.dumps({"error": {"status": status, "message": message}}).encode()
+    """The ASGI messages of a ``{"error": {"status", "message", "type", "code"}}`` answer: the app's routes'
+    shape, with OpenAI's type and code, so OpenAI's clients read a refused key or a 500 as their own errors."""
+    kind, code = openai_error_type(status)
+    body = json.dumps({"error": {"status": status, "message": message, "type": kind, "code": code}}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     return [

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ptuning_v2.config import ConfigError
 
 if TYPE_CHECKING:
-    from ptuning_v2.serving.app import ServeConfig
+    from ptuning_v2.serving.engine import ServeConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="an input longer than the model's train.max_length: cut it (as ptv2 predict) or answer 422",
     )
     p.add_argument("--no-batching", action="store_true", help="run every request alone")
+    p.add_argument(
+        "--max-tokens", type=int, default=1024, help="new tokens an OpenAI-compatible request may ask for"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
     ray = p.add_argument_group("Ray Serve (pip install -e '.[ray]'; see docs/serving.md)")
     ray.add_argument(
@@ -81,10 +84,17 @@ def checkpoints(args: argparse.Namespace) -> dict[str, str]:
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
     """The server's limits, store and keys from the command line, checked."""
-    from ptuning_v2.serving.app import ServeConfig
     from ptuning_v2.serving.auth import read_keys
+    from ptuning_v2.serving.engine import ServeConfig
 
-    for flag in ("max_batch_size", "max_queue", "max_inputs", "max_input_chars", "max_loaded_tasks"):
+    for flag in (
+        "max_batch_size",
+        "max_queue",
+        "max_inputs",
+        "max_input_chars",
+        "max_loaded_tasks",
+        "max_tokens",
+    ):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')}: expected a positive number")
     if args.max_wait_ms < 0:
@@ -101,6 +111,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         max_input_chars=args.max_input_chars,
         overlong=args.overlong,
         batching=not args.no_batching,
+        max_tokens=args.max_tokens,
         store=str(Path(args.store).resolve()) if args.store else None,
         max_loaded_tasks=args.max_loaded_tasks,
         cache_mb=args.cache_mb,

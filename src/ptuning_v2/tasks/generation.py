@@ -13,7 +13,8 @@ Options (``task_options``; every one optional):
 - ``max_source_length`` (384): tokens kept of the ``source`` column (the template adds a few more).
 - ``max_target_length`` (128): tokens kept of the target in training and perplexity.
 - ``max_new_tokens`` (64): the generation budget.
-- ``chat_template`` (false, causal_lm): wrap the prompt as a user turn of the tokenizer's chat template.
+- ``chat_template`` (false, causal_lm): wrap the prompt as a user turn of the tokenizer's chat template
+  (a served conversation keeps its earlier turns before it: ``chat_features``).
 - ``generation``: decoding options passed to ``generate()``: ``num_beams``, ``do_sample``,
   ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``, ``no_repeat_ngram_size``,
   ``length_penalty``, ``min_new_tokens``, ``early_stopping``. Sampling is seeded with ``train.seed``.
@@ -258,6 +259,10 @@ class GenerationTask(Task):
             self.report.change(split, reason, count)
         self._cut.clear()
 
+    def source_text(self, row: dict[str, Any]) -> str:
+        """The model's input text for ``row``: its source cut to length, through ``source_template``."""
+        return self.format(self.source_template, self.truncated_source(row), "task_options.source_template")
+
     def format(self, template: str, row: dict[str, Any], where: str) -> str:
         try:
             return template.format(**row)
@@ -285,11 +290,18 @@ class GenerationTask(Task):
             **self.options.generation,
         }
 
-    def generate_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[list[int]]:
-        """New token ids per example; sampling is seeded with ``train.seed`` batch by batch."""
+    def generate_ids(
+        self,
+        model: nn.Module,
+        batch: dict[str, torch.Tensor],
+        decoding: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> list[list[int]]:
+        """New token ids per example; sampling is seeded with ``seed`` (default ``train.seed``) batch by
+        batch. ``decoding`` replaces ``self.decoding()`` (a server's per-request settings)."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.train.seed)
-            return model.generate(batch, **self.decoding())
+            torch.manual_seed(self.config.train.seed if seed is None else seed)
+            return model.generate(batch, **(self.decoding() if decoding is None else decoding))
 
     def generate_texts(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
         ids = self.generate_ids(model, batch)
@@ -394,13 +406,25 @@ class CausalLMTask(GenerationTask):
         self.bos = [bos] if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else []
 
     def prompt_ids(self, row: dict[str, Any]) -> list[int]:
-        text = self.format(self.source_template, self.truncated_source(row), "task_options.source_template")
+        text = self.source_text(row)
         if self.options.chat_template:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-            )
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return self.chat_ids([{"role": "user", "content": text}])
         return self.bos + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def chat_ids(self, turns: list[dict[str, str]]) -> list[int]:
+        """A conversation in the tokenizer's chat template, ending with the assistant's turn to speak."""
+        text = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def chat_features(self, turns: list[dict[str, str]]) -> list[list[dict[str, Any]]]:
+        """The one feature of a conversation for a task with ``chat_template``: its last turn (the user's) is the
+        task's input and becomes the prompt as in training (through ``source_template``); the earlier
+        turns go into the chat template as they are. A conversation of one user turn is ``predict``'s input."""
+        *history, last = turns
+        turn = {"role": "user", "content": self.source_text(self.input_row(last["content"]))}
+        ids = self.chat_ids([*history, turn])
+        self._flush_cuts("predict")
+        return [[{"prompt_ids": ids}]]
 
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
         feature: dict[str, Any] = {"prompt_ids": self.prompt_ids(row)}
@@ -442,8 +466,7 @@ class Seq2SeqTask(GenerationTask):
             raise ConfigError("task_options.chat_template applies to task causal_lm only")
 
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
-        source = self.format(self.source_template, self.truncated_source(row), "task_options.source_template")
-        feature: dict[str, Any] = {"input_ids": self.tokenizer(source)["input_ids"]}
+        feature: dict[str, Any] = {"input_ids": self.tokenizer(self.source_text(row))["input_ids"]}
         if "target" in row and row["target"] is not None:
             target = self.format(self.options.target_template, row, "task_options.target_template")
             limit = self.options.max_target_length

@@ -1,0 +1,86 @@
+"""What the HTTP routes (``app.py``, ``openai_api.py``) build on: the server's settings, the engine that runs
+the model, and reading a request's JSON body."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
+
+from fastapi import HTTPException, Request
+
+from ptuning_v2.serving.auth import KeyRing
+from ptuning_v2.serving.multi_prompt import MultiPromptModel
+
+T = TypeVar("T")
+
+
+@dataclass
+class ServeConfig:
+    """The server's limits; see ``ptv2 serve --help``."""
+
+    max_batch_size: int = 32
+    """Inputs per mixed-task batch (a request with more inputs still runs, alone)."""
+    max_wait_ms: float = 5.0
+    """How long the first request of a batch waits for others."""
+    max_queue: int = 1024
+    """Requests accepted and not yet answered; one more is answered 503."""
+    max_inputs: int = 64
+    max_input_chars: int = 10_000
+    overlong: Literal["truncate", "refuse"] = "truncate"
+    """An input longer than the model takes (``train.max_length`` tokens): cut it, as ``ptv2 predict``
+    does, or answer 422."""
+    batching: bool = True
+    """False: every request runs alone (the baseline of the load test)."""
+    store: str | None = None
+    """A folder of checkpoint folders, loaded on demand (``store.py``)."""
+    max_loaded_tasks: int = 100
+    cache_mb: float = 512.0
+    """Bounds of the store's cache: tasks in memory, and MiB of their prompts and heads."""
+    api_keys: KeyRing | None = None
+    """None: no authentication (``ptv2 serve`` then binds loopback only, unless ``--insecure``)."""
+    access_log: bool = True
+    """One JSON line per request on stdout (``observability.configure_access_log``)."""
+    log_inputs: bool = False
+    """Write the inputs themselves into the access log (off: only their count)."""
+    max_tokens: int = 1024
+    """The most new tokens an OpenAI-compatible request may ask for (``max_tokens``; 400 past it)."""
+
+
+class Engine(Protocol):
+    """What the routes need from whatever runs the model: ``Dispatcher`` in one process, a Ray Serve
+    replica in ``ray_app.py``; one set of routes and checks serves both."""
+
+    multi: MultiPromptModel
+    closing: bool
+    in_flight: int
+    batches: int
+    tasks_fixed: str | None
+    """Why tasks cannot be added or removed here (409), or None when they can."""
+    observe_pass: Callable[[int], None]
+    """Called with the rows of every backbone pass (the metrics' histogram)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def predict(self, task: str, inputs: list[Any]) -> list[dict[str, Any]]: ...
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON: 413 past ``limit`` bytes, 422 when it is not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body of {declared} bytes; the limit is {limit}")
+    body = await request.body()
+    if len(body) > limit:
+        raise HTTPException(413, f"request body of {len(body)} bytes; the limit is {limit}")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(422, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(422, "the body is not valid JSON: nested too deeply") from None

@@ -1,0 +1,401 @@
+"""The OpenAI-compatible routes, through the official ``openai`` client against a live uvicorn server on
+loopback: text equal to ``ptv2 predict``, streams that join to it, stop sequences, ``max_tokens``, seeds,
+chat templates, two streams at once, and errors as the client's own types."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from serving_checks import InProcessServer, cli_predict
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from ptuning_v2.benchmarks.multitask import random_checkpoint
+from ptuning_v2.serving.app import ServeConfig
+from ptuning_v2.serving.auth import read_keys
+from ptuning_v2.serving.multi_prompt import MultiPromptModel, UnknownTaskError
+from ptuning_v2.serving.openai_api import Generation, Settings
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} [SEP] {% endfor %}"
+    "{% if add_generation_prompt %}assistant :{% endif %}"
+)
+PROMPTS = ["the movie was good", "a bad plot", "i think this film is great fun"]
+KEY = "sk-ptv2-test-key-0123456789"
+
+
+def openai_client(server: InProcessServer, key: str = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def chat_llama_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with weights at std 0.3 (so a prompt moves its outputs) and a chat template."""
+    directory = tmp_path_factory.mktemp("chat_llama")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig.from_pretrained(tiny_llama_dir)
+    config.initializer_range = 0.3
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def generation_tasks(chat_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random prompts (large, so they matter): greedy, chat-templated, and sampling (top_p 0.9)."""
+    root = tmp_path_factory.mktemp("openai_tasks")
+    options = {
+        "plain": {"max_new_tokens": 12},
+        "chat": {"max_new_tokens": 12, "chat_template": True, "source_template": "{source} ?"},
+        "sampled": {"max_new_tokens": 12, "generation": {"do_sample": True, "top_p": 0.9}},
+    }
+    folders = {}
+    for seed, (name, task_options) in enumerate(options.items()):
+        torch.manual_seed(seed)
+        prompt = {"num_virtual_tokens": 4 + seed, "init_std": 0.5}
+        folders[name] = random_checkpoint(
+            str(chat_llama_dir), root / name / "checkpoint", "causal_lm", prompt, {}, task_options
+        )
+    return folders
+
+
+@pytest.fixture(scope="module")
+def multi(generation_tasks: dict[str, Path]) -> MultiPromptModel:
+    return MultiPromptModel.from_checkpoints(generation_tasks, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(multi: MultiPromptModel) -> Iterator[InProcessServer]:
+    live = InProcessServer(multi, ServeConfig(max_tokens=40))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: InProcessServer) -> openai.OpenAI:
+    return openai_client(server)
+
+
+def complete(client: openai.OpenAI, model: str, prompt: str, **settings) -> str:
+    return client.completions.create(model=model, prompt=prompt, **settings).choices[0].text
+
+
+def streamed(client: openai.OpenAI, model: str, source: str, chat: bool = False, **settings) -> list:
+    """The chunks of a streamed completion (or chat completion of one user turn)."""
+    if chat:
+        messages = [{"role": "user", "content": source}]
+        return list(client.chat.completions.create(model=model, messages=messages, stream=True, **settings))
+    return list(client.completions.create(model=model, prompt=source, stream=True, **settings))
+
+
+def joined(chunks: list, chat: bool = False) -> str:
+    if chat:
+        return "".join(c.choices[0].delta.content or "" for c in chunks)
+    return "".join(c.choices[0].text for c in chunks)
+
+
+# ------------------------------------------------------------------------------- equal to ptv2 predict
+
+
+@pytest.mark.parametrize("name", ["plain", "sampled"])
+def test_completion_text_equals_ptv2_predict(client, generation_tasks, name) -> None:
+    """Settings left out are the checkpoint's own: greedy for one, top-p sampling seeded with train.seed
+    for the other; the same settings given explicitly give the same text."""
+    # one input at a time: sampled tokens depend on the batch a row is drawn in
+    expected = [cli_predict(generation_tasks[name], [prompt])[0]["generated"] for prompt in PROMPTS]
+    assert len(set(expected)) > 1  # the prompts matter
+    for prompt, want in zip(PROMPTS, expected, strict=True):
+        response = client.completions.create(model=name, prompt=prompt)
+        assert response.choices[0].text == want
+        assert response.object == "text_completion" and response.model == name
+        assert response.usage.completion_tokens <= 12 and response.usage.prompt_tokens > 0
+    explicit = {"temperature": 0} if name == "plain" else {"temperature": 1.0, "top_p": 0.9, "seed": 42}
+    assert complete(client, name, PROMPTS[0], max_tokens=12, **explicit) == expected[0]
+
+
+def test_chat_text_equals_ptv2_predict_of_its_user_turn(client, generation_tasks) -> None:
+    """A chat-templated task: one user turn is ``ptv2 predict``'s input, in the template as in training."""
+    expected = [p["generated"] for p in cli_predict(generation_tasks["chat"], PROMPTS)]
+    for prompt, want in zip(PROMPTS, expected, strict=True):
+        response = client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": prompt}]
+        )
+        assert response.choices[0].message.content == want
+        assert response.choices[0].message.role == "assistant" and response.object == "chat.completion"
+    # a completion to the same task is the same input
+    assert complete(client, "chat", PROMPTS[0]) == expected[0]
+
+
+def test_a_conversation_keeps_its_earlier_turns(multi) -> None:
+    """The last user turn goes through the task's source template; the earlier turns stay as they are."""
+    task = multi.tasks["chat"].task
+    turns = [
+        {"role": "system", "content": "be nice"},
+        {"role": "user", "content": "the movie"},
+        {"role": "assistant", "content": "good"},
+        {"role": "user", "content": "a bad plot"},
+    ]
+    (feature,) = task.chat_features(turns)[0]
+    text = "system : be nice [SEP] user : the movie [SEP] assistant : good [SEP] user : a bad plot ? [SEP] assistant :"
+    assert feature["prompt_ids"] == task.tokenizer(text, add_special_tokens=False)["input_ids"]
+    (single,) = task.chat_features(turns[-1:])[0]
+    assert single == task.predict_features(["a bad plot"])[0][0]
+
+
+# ------------------------------------------------------------------------------------------ streaming
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_streamed_chunks_join_to_the_text(client, chat) -> None:
+    name = "chat" if chat else "plain"
+    for prompt in PROMPTS:
+        if chat:
+            messages = [{"role": "user", "content": prompt}]
+            whole = client.chat.completions.create(model=name, messages=messages)
+            text, finish = whole.choices[0].message.content, whole.choices[0].finish_reason
+        else:
+            whole = client.completions.create(model=name, prompt=prompt)
+            text, finish = whole.choices[0].text, whole.choices[0].finish_reason
+        chunks = streamed(client, name, prompt, chat)
+        assert joined(chunks, chat) == text
+        assert chunks[-1].choices[0].finish_reason == finish
+        assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+        assert len({c.id for c in chunks}) == 1
+        if chat:
+            assert chunks[0].choices[0].delta.role == "assistant"
+    # token by token: a long text comes in many chunks
+    assert len(streamed(client, "plain", PROMPTS[2], max_tokens=30)) > 5
+
+
+def test_stream_is_server_sent_events_ending_with_done(server) -> None:
+    body = {"model": "plain", "prompt": PROMPTS[0], "stream": True, "max_tokens": 4}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in events)
+    assert events[-1] == "data: [DONE]"
+
+
+def test_two_tasks_stream_at_once(client) -> None:
+    """Two streams open together, for two tasks: both complete, each with its own text."""
+    expected = {
+        "plain": complete(client, "plain", PROMPTS[1], max_tokens=30),
+        "chat": client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": PROMPTS[1]}], max_tokens=30
+        )
+        .choices[0]
+        .message.content,
+    }
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = {
+            name: pool.submit(streamed, client, name, PROMPTS[1], name == "chat", max_tokens=30)
+            for name in expected
+        }
+        results = {name: joined(future.result(), name == "chat") for name, future in futures.items()}
+    assert results == expected
+
+
+# ------------------------------------------------------------------------- stop, max_tokens and seed
+
+
+def test_stop_sequences_cut_the_text_and_end_the_generation(client) -> None:
+    full = complete(client, "plain", PROMPTS[2], max_tokens=30)
+    words = full.split()
+    assert len(words) > 4, full
+    stop = words[3]
+    want = full[: full.index(stop)].strip()
+    response = client.completions.create(model="plain", prompt=PROMPTS[2], max_tokens=30, stop=[stop, "zzz"])
+    assert response.choices[0].text == want and response.choices[0].finish_reason == "stop"
+    assert response.usage.completion_tokens < len(full.split())  # it ended there
+    assert joined(streamed(client, "plain", PROMPTS[2], max_tokens=30, stop=stop)) == want
+    # a stop sequence that does not come changes nothing
+    assert complete(client, "plain", PROMPTS[2], max_tokens=30, stop="zzz") == full
+
+
+def test_max_tokens_bounds_the_generation(client) -> None:
+    full = complete(client, "plain", PROMPTS[0], max_tokens=30)
+    response = client.completions.create(model="plain", prompt=PROMPTS[0], max_tokens=3)
+    assert response.usage.completion_tokens == 3 and response.choices[0].finish_reason == "length"
+    assert full.startswith(response.choices[0].text) and len(response.choices[0].text) < len(full)
+
+
+def test_seed_makes_sampling_repeatable(client) -> None:
+    def sample(seed: int) -> str:
+        return complete(client, "plain", PROMPTS[0], temperature=1.5, seed=seed, max_tokens=12)
+
+    assert sample(7) == sample(7)
+    assert len({sample(seed) for seed in (7, 8, 9, 10)}) > 1
+    chunks = streamed(client, "plain", PROMPTS[0], temperature=1.5, seed=7, max_tokens=12)
+    assert joined(chunks) == sample(7)
+
+
+# -------------------------------------------------------------------------------------------- errors
+
+
+def test_models_lists_the_tasks(client) -> None:
+    assert [m.id for m in client.models.list()] == ["chat", "plain", "sampled"]
+
+
+@pytest.mark.parametrize(
+    "settings, words",
+    [
+        ({"n": 2}, "only 1 completion"),
+        ({"temperature": 3}, "temperature"),
+        ({"max_tokens": 41}, "max_tokens: expected an integer from 1 to 40"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"extra_body": {"logit_bias": {"1": 5}}}, "unsupported field(s) ['logit_bias']"),
+        ({"prompt": ["a", "b"]}, "lists of prompts are not supported"),
+    ],
+)
+def test_bad_settings_are_the_clients_bad_request(client, settings, words) -> None:
+    settings = {"prompt": "the movie", **settings}
+    with pytest.raises(openai.BadRequestError, match=re.escape(words)):
+        client.completions.create(model="plain", **settings)
+
+
+def test_errors_have_openais_shape(client, server) -> None:
+    with pytest.raises(openai.NotFoundError, match="unknown task 'nope'") as error:
+        client.completions.create(model="nope", prompt="the movie")
+    assert error.value.body == {
+        "message": error.value.body["message"],
+        "type": "invalid_request_error",
+        "code": "model_not_found",
+    }
+    with pytest.raises(openai.BadRequestError, match="trained without a chat template"):
+        client.chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="the last message must be the user's"):
+        client.chat.completions.create(model="chat", messages=[{"role": "assistant", "content": "hi"}])
+    response = httpx.post(f"{server.url}/v1/completions", content="{", timeout=30)
+    assert response.status_code == 400 and set(response.json()["error"]) == {"message", "type", "code"}
+
+
+def test_a_classification_task_is_sent_to_its_predict_route(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    folder = random_checkpoint(
+        str(tiny_bert_dir),
+        tmp_path / "checkpoint",
+        "classification",
+        {"num_virtual_tokens": 4},
+        {"labels": ["a", "b"]},
+    )
+    live = InProcessServer(
+        MultiPromptModel.from_checkpoints({"sentiment": folder}, device="cpu"), ServeConfig()
+    )
+    try:
+        with pytest.raises(openai.BadRequestError, match="use POST /v1/tasks/sentiment/predict"):
+            openai_client(live).completions.create(model="sentiment", prompt="a fine film")
+    finally:
+        live.stop()
+
+
+def test_keys_give_the_clients_own_errors(multi, tmp_path: Path) -> None:
+    """Through ``--api-keys``: a wrong or missing key is the client's AuthenticationError, a task outside
+    the key's patterns its NotFoundError, and ``/v1/models`` lists only what the key may use."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"keys:\n  - {{name: tenant, key: {KEY}, role: client, tasks: ['pla*']}}\n")
+    live = InProcessServer(multi, ServeConfig(api_keys=read_keys(keys)))
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            openai_client(live, "sk-wrong").completions.create(model="plain", prompt="the movie")
+        with pytest.raises(openai.AuthenticationError):
+            openai_client(live, "sk-wrong").models.list()
+        with pytest.raises(openai.AuthenticationError):  # before the stream starts
+            streamed(openai_client(live, "sk-wrong"), "plain", "the movie")
+        anonymous = httpx.post(
+            f"{live.url}/v1/completions", json={"model": "plain", "prompt": "x"}, timeout=30
+        )
+        assert anonymous.status_code == 401
+        assert anonymous.json()["error"]["type"] == "authentication_error"
+        assert anonymous.json()["error"]["code"] == "invalid_api_key"
+        with pytest.raises(openai.NotFoundError):  # exists, but not for this tenant
+            openai_client(live).completions.create(model="sampled", prompt="the movie")
+        assert [m.id for m in openai_client(live).models.list()] == ["plain"]
+        assert openai_client(live).completions.create(model="plain", prompt="the movie").choices[0].text
+    finally:
+        live.stop()
+
+
+@pytest.mark.slow
+def test_chat_on_the_real_smollm2(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct with a zero-initialised prompt, chat-templated: the chat answer is
+    ``ptv2 predict``'s, streamed or not, and a stop sequence cuts it."""
+    torch.manual_seed(0)
+    options = {"chat_template": True, "source_template": "{source}", "max_new_tokens": 24}
+    prompt = {"num_virtual_tokens": 8, "init": "zero"}
+    folder = random_checkpoint("smollm2", tmp_path / "checkpoint", "causal_lm", prompt, {}, options)
+    question = "What is the capital of France?"
+    want = cli_predict(folder, [question])[0]["generated"]
+    live = InProcessServer(
+        MultiPromptModel.from_checkpoints({"assistant": folder}, device="cpu"), ServeConfig()
+    )
+    try:
+        client = openai_client(live)
+        messages = [{"role": "user", "content": question}]
+        answer = client.chat.completions.create(model="assistant", messages=messages)
+        assert answer.choices[0].message.content == want and want
+        assert joined(streamed(client, "assistant", question, chat=True), chat=True) == want
+        stop = want.split()[2]
+        cut = client.chat.completions.create(model="assistant", messages=messages, stop=stop)
+        assert cut.choices[0].message.content == want[: want.index(stop)].strip()
+    finally:
+        live.stop()
+    print(f"SmolLM2 answered {want!r}")
+
+
+class CleaningTokenizer:
+    """Words joined by spaces, then " ' " cleaned to "'" as some tokenizers clean up: the next token can
+    change the end of the text decoded so far."""
+
+    WORDS = ["it", "'", "s", "great", "fun", "the", "end", "[SEP]"]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        words = [
+            self.WORDS[int(i)] for i in ids if not (skip_special_tokens and self.WORDS[int(i)] == "[SEP]")
+        ]
+        return " ".join(words).replace(" ' ", "'")
+
+
+@pytest.mark.parametrize(
+    "stop, want",
+    [
+        ([], "it's great fun the end"),
+        (["fun the"], "it's great"),
+        (["t fun", "'"], "it"),
+        (["end"], "it's great fun the"),
+    ],
+)
+def test_a_stream_sends_only_text_that_stays(stop, want) -> None:
+    """Token by token, a stream sends what later tokens will not change; its parts join to the answer."""
+    entry = type("Entry", (), {"task": type("Task", (), {"tokenizer": CleaningTokenizer()})()})()
+    generation = Generation(entry, "prompt", Settings(stop=stop), refuse_overlong=False)
+    sent: list[str] = []
+    generation.emit = sent.append
+    ids = list(range(len(CleaningTokenizer.WORDS)))
+    for step in range(1, len(ids) + 1):
+        if generation(torch.tensor([ids[:step]]), None).all():
+            break
+    text, stopped = generation.answer(ids[:step])
+    assert text == want and "".join(sent) == want and stopped == bool(stop)
+    assert len(sent) >= len(want.split())  # piece by piece, not all at the end
+    generation.cancelled = True  # the client went away: the next token ends the generation
+    assert generation(torch.tensor([ids[:1]]), None).all()
+
+
+def test_a_task_removed_while_its_request_waited_is_not_found(multi, generation_tasks) -> None:
+    """Checked on the model thread, where tasks are loaded and removed: a request never runs a removed
+    task's prompt (here the task came back under the same name, as a new entry)."""
+    stale = multi.entry("sampled")
+    multi.remove("sampled")
+    multi.add("sampled", generation_tasks["sampled"])
+    with pytest.raises(UnknownTaskError, match="removed while its request waited"):
+        Generation(stale, "the movie", Settings(), refuse_overlong=False).run(multi)
+    assert Generation(multi.entry("sampled"), "the movie", Settings(), refuse_overlong=False).run(multi).text
