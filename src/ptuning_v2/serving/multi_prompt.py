@@ -153,25 +153,30 @@ class MultiPromptModel:
             raise UnknownTaskError(f"unknown task {name!r}; loaded: {sorted(self.tasks)}") from None
 
     def delivery(self, tasks: Sequence[str]) -> Delivery:
-        """Per-row prefixes for a batch whose row ``i`` belongs to ``tasks[i]``: each slot's prefix is padded
-        to the longest task's length and the unused positions of each row are masked out."""
+        """Per-row prefixes for a batch whose row ``i`` belongs to ``tasks[i]``: each slot's prompts are padded
+        to the longest task's length and stacked by row in one copy; the unused positions of each row are
+        masked out (no mask where every task fills the slot)."""
         entries = {name: self.entry(name) for name in dict.fromkeys(tasks)}
         prompts = {name: entry.prompts() for name, entry in entries.items()}
         if len(entries) == 1:
             return self.injector.deliver(next(iter(prompts.values())))
-        rows = {name: [i for i, t in enumerate(tasks) if t == name] for name in entries}
         per_row, masks = {}, {}
         for slot in dict.fromkeys(s for p in prompts.values() for s in p):
-            longest = max(p[slot].shape[0] for p in prompts.values() if slot in p)
+            lengths = {name: p[slot].shape[0] if slot in p else 0 for name, p in prompts.items()}
+            longest = max(lengths.values())
             reference = next(p[slot] for p in prompts.values() if slot in p)
-            padded = reference.new_zeros(len(tasks), longest, reference.shape[-1])
-            mask = torch.zeros(len(tasks), longest, dtype=torch.bool, device=reference.device)
-            for name, prompt in prompts.items():
-                if slot in prompt:
-                    index = torch.tensor(rows[name], device=reference.device)
-                    padded[index, : prompt[slot].shape[0]] = prompt[slot]
-                    mask[index, : prompt[slot].shape[0]] = True
-            per_row[slot], masks[slot] = padded, mask
+            padded = {
+                name: p[slot] if lengths[name] == longest else torch.cat(
+                    [p[slot], reference.new_zeros(longest - lengths[name], reference.shape[-1])]
+                ) if slot in p else reference.new_zeros(longest, reference.shape[-1])
+                for name, p in prompts.items()
+            }  # fmt: skip
+            per_row[slot] = torch.stack([padded[t] for t in tasks])
+            if min(lengths.values()) < longest:
+                positions = torch.arange(longest, device=reference.device)
+                masks[slot] = (
+                    positions < torch.tensor([lengths[t] for t in tasks], device=reference.device)[:, None]
+                )
         return self.injector.deliver(per_row, masks)
 
     def _inputs(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str], keys: Sequence[str]) -> dict:
