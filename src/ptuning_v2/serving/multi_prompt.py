@@ -76,6 +76,15 @@ def check_task_name(name: str) -> None:
         )
 
 
+def pad_rows(prompt: torch.Tensor | None, length: int, like: torch.Tensor) -> torch.Tensor:
+    """``prompt`` with zero rows added up to ``length`` (all zeros for a task with no prompt on the slot)."""
+    if prompt is None:
+        return like.new_zeros(length, like.shape[-1])
+    if prompt.shape[0] == length:
+        return prompt
+    return torch.cat([prompt, like.new_zeros(length - prompt.shape[0], like.shape[-1])])
+
+
 def _task_name(directory: Path) -> str:
     """``runs/sentiment/checkpoint`` -> ``sentiment``; any other folder -> its own name."""
     return directory.parent.name if directory.name == "checkpoint" else directory.name
@@ -164,25 +173,25 @@ class MultiPromptModel:
             raise UnknownTaskError(f"unknown task {name!r}; loaded: {sorted(self.tasks)}") from None
 
     def delivery(self, tasks: Sequence[str]) -> Delivery:
-        """Per-row prefixes for a batch whose row ``i`` belongs to ``tasks[i]``: each slot's prefix is padded
-        to the longest task's length and the unused positions of each row are masked out."""
+        """Per-row prefixes for a batch whose row ``i`` belongs to ``tasks[i]``: each slot's prompts are padded
+        to the longest task's length and stacked by row in one copy; the unused positions of each row are
+        masked out (no mask where every task fills the slot)."""
         entries = {name: self.entry(name) for name in dict.fromkeys(tasks)}
         prompts = {name: entry.prompts() for name, entry in entries.items()}
         if len(entries) == 1:
             return self.injector.deliver(next(iter(prompts.values())))
-        rows = {name: [i for i, t in enumerate(tasks) if t == name] for name in entries}
         per_row, masks = {}, {}
         for slot in dict.fromkeys(s for p in prompts.values() for s in p):
-            longest = max(p[slot].shape[0] for p in prompts.values() if slot in p)
+            lengths = {name: p[slot].shape[0] if slot in p else 0 for name, p in prompts.items()}
+            longest = max(lengths.values())
             reference = next(p[slot] for p in prompts.values() if slot in p)
-            padded = reference.new_zeros(len(tasks), longest, reference.shape[-1])
-            mask = torch.zeros(len(tasks), longest, dtype=torch.bool, device=reference.device)
-            for name, prompt in prompts.items():
-                if slot in prompt:
-                    index = torch.tensor(rows[name], device=reference.device)
-                    padded[index, : prompt[slot].shape[0]] = prompt[slot]
-                    mask[index, : prompt[slot].shape[0]] = True
-            per_row[slot], masks[slot] = padded, mask
+            padded = {name: pad_rows(p.get(slot), longest, reference) for name, p in prompts.items()}
+            per_row[slot] = torch.stack([padded[t] for t in tasks])
+            if min(lengths.values()) < longest:
+                positions = torch.arange(longest, device=reference.device)
+                masks[slot] = (
+                    positions < torch.tensor([lengths[t] for t in tasks], device=reference.device)[:, None]
+                )
         return self.injector.deliver(per_row, masks)
 
     def _inputs(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str], keys: Sequence[str]) -> dict:

@@ -34,8 +34,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="instead: 4 tasks on one encoder, mixed-task batches vs grouping by task vs one request at a "
         "time, and memory of one backbone + N prompts (writes multitask.json and multitask.md)",
     )
+    p.add_argument(
+        "--distinct-tasks",
+        action="store_true",
+        help="instead: one batch of 32 texts from 1..32 distinct tasks, MultiPromptModel.run against the plain "
+        "backbone and PEFT's mixed-adapter LoRA batch (writes distinct_tasks.json and distinct_tasks.md)",
+    )
     p.add_argument("--requests-per-task", type=int, default=64, help="requests per task for --multitask")
-    p.add_argument("--rounds", type=int, default=5, help="timing rounds for --multitask")
+    p.add_argument("--rounds", type=int, default=5, help="timing rounds for --multitask and --distinct-tasks")
     p.add_argument("--seq-len", type=int, default=2048, help="sequence length for --checkpointing")
     p.add_argument("--batch-size", type=int, default=1, help="batch size for --checkpointing")
     p.add_argument("--encoder", default="minilm", help="encoder model (alias, folder or hub name)")
@@ -73,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         return run_checkpointing(args)
     if args.multitask:
         return run_multitask(args)
+    if args.distinct_tasks:
+        return run_distinct_tasks(args)
     if args.profile:
         suite = profile_suite(args.encoder, args.decoder, args.quick)
     else:
@@ -140,6 +148,28 @@ def run_multitask(args: argparse.Namespace) -> int:
     result = multitask.run_multitask(args.encoder, args.requests_per_task, 64, 128, args.rounds, command)
     multitask.write(result, Path(args.output_dir))
     print(multitask.markdown(result))
+    return 0
+
+
+def run_distinct_tasks(args: argparse.Namespace) -> int:
+    import torch
+
+    from ptuning_v2.benchmarks import distinct_tasks
+    from ptuning_v2.config import ConfigError
+
+    if args.rounds < 1:
+        raise ConfigError("--rounds must be at least 1")
+    torch.set_num_threads(args.threads)
+    command = (
+        f"ptv2 bench --distinct-tasks --encoder {args.encoder} --rounds {args.rounds} --threads {args.threads} "
+        f"--output-dir {args.output_dir}"
+    )
+    result = distinct_tasks.run_distinct_tasks(
+        args.encoder, rows=32, prompt_length=32, max_length=128, lora_rank=8, rounds=args.rounds,
+        threads=args.threads, command=command,
+    )  # fmt: skip
+    distinct_tasks.write(result, Path(args.output_dir))
+    print(distinct_tasks.markdown(result))
     return 0
 
 

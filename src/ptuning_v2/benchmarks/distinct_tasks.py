@@ -1,0 +1,156 @@
+"""Does a mixed-task batch cost more when its rows come from more tasks?
+
+One batch of real texts is answered by ``MultiPromptModel.run`` (prompts and heads) with its rows drawn
+from 1, 2, 4, ... distinct tasks, and, in the same rounds, by the untouched backbone on the same rows
+(the limit on any hardware) and by PEFT's mixed-adapter LoRA batch (``adapter_names=[...]``, one adapter
+per task). Every variant is timed once per round in shuffled order (``timing.interleaved``); a variant's
+cost is the median over rounds of its time divided by the plain backbone's time in that round.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from ptuning_v2.benchmarks.multitask import random_checkpoint
+from ptuning_v2.benchmarks.timing import interleaved, ratio_stats
+from ptuning_v2.data import load_builtin
+from ptuning_v2.models import load_backbone
+from ptuning_v2.serving.multi_prompt import MultiPromptModel
+from ptuning_v2.utils.io import write_json_atomic, write_text_atomic
+
+DISTINCT = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass
+class DistinctTasksResult:
+    model: str
+    rows: int
+    tokens: int
+    """Padded length of the batch (real texts, padded to the longest)."""
+    prompt_length: int
+    lora_rank: int
+    rounds: int
+    threads: int
+    backbone_ms: float
+    """Median time of the plain backbone on the batch."""
+    ptuning_v2: dict[int, float]
+    """Distinct tasks -> median per-round ratio of ``MultiPromptModel.run`` (prompts and heads) / plain."""
+    lora: dict[int, float]
+    """Distinct tasks -> median per-round ratio of PEFT's mixed-adapter LoRA batch / plain."""
+    ptuning_v2_most_over_one: float
+    """Ratio at the most distinct tasks over the ratio at one task."""
+    command: str
+
+
+def row_tasks(names: list[str], rows: int, distinct: int) -> list[str]:
+    """``rows`` task names cycling over the first ``distinct`` names: every task gets rows/distinct rows."""
+    return [names[i % distinct] for i in range(rows)]
+
+
+def lora_model(model: str, names: list[str], rank: int, device: torch.device) -> PeftModel:
+    """The backbone with one LoRA adapter per task on query and value; B is random (not PEFT's zero), so the
+    adapters do real work."""
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=["query", "value"], init_lora_weights=False
+    )
+    peft_model = get_peft_model(load_backbone(model, "encoder"), config, adapter_name=names[0])
+    for name in names[1:]:
+        peft_model.add_adapter(name, config)
+    return peft_model.to(device).eval()
+
+
+def run_distinct_tasks(
+    model: str,
+    rows: int,
+    prompt_length: int,
+    max_length: int,
+    lora_rank: int,
+    rounds: int,
+    threads: int,
+    command: str,
+    distinct: tuple[int, ...] = DISTINCT,
+) -> DistinctTasksResult:
+    names = [f"task{i:02d}" for i in range(max(distinct))]
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoints = {
+            name: random_checkpoint(
+                model, Path(tmp) / name, "classification", {"num_virtual_tokens": prompt_length},
+                {"labels": [f"label{j}" for j in range(2 + i % 5)]},
+            )
+            for i, name in enumerate(names)
+        }  # fmt: skip
+        multi = MultiPromptModel.from_checkpoints(checkpoints, device="cpu")
+    texts = [str(t) for t in load_builtin("rotten_tomatoes")["test"]["text"][:rows]]
+    batch = dict(
+        multi.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    )
+    plain = load_backbone(model, "encoder").eval()
+    lora = lora_model(model, names, lora_rank, multi.device)
+
+    fns: dict[str, Callable[[], Any]] = {"plain": lambda: plain(**batch)}
+    for d in distinct:
+        tasks = row_tasks(names, rows, d)
+        fns[f"ptuning_v2/{d}"] = lambda tasks=tasks: multi.run(batch, tasks)
+        fns[f"lora/{d}"] = lambda tasks=tasks: lora(**batch, adapter_names=tasks)
+    with torch.inference_mode():
+        samples = interleaved(fns, rounds, warmup=2, device=multi.device)
+    walls = {name: [s.wall for s in runs] for name, runs in samples.items()}
+
+    def ratio(name: str) -> float:
+        return round(ratio_stats(walls["plain"], walls[name]).median, 4)
+
+    ptv2 = {d: ratio(f"ptuning_v2/{d}") for d in distinct}
+    return DistinctTasksResult(
+        model=model,
+        rows=rows,
+        tokens=int(batch["input_ids"].shape[1]),
+        prompt_length=prompt_length,
+        lora_rank=lora_rank,
+        rounds=rounds,
+        threads=threads,
+        backbone_ms=round(sorted(walls["plain"])[len(walls["plain"]) // 2] * 1e3, 2),
+        ptuning_v2=ptv2,
+        lora={d: ratio(f"lora/{d}") for d in distinct},
+        ptuning_v2_most_over_one=round(ptv2[max(distinct)] / ptv2[min(distinct)], 4),
+        command=command,
+    )
+
+
+def markdown(result: DistinctTasksResult) -> str:
+    most = max(result.ptuning_v2)
+    return "\n".join(
+        [
+            f"# Distinct tasks per batch: {result.model}",
+            "",
+            f"Command: `{result.command}`",
+            "",
+            f"One batch of {result.rows} real Rotten Tomatoes test texts ({result.tokens} tokens after padding), "
+            f"its rows spread evenly over 1 to {most} tasks. P-Tuning v2: `MultiPromptModel.run`, k = "
+            f"{result.prompt_length} at every layer, each task's classification head on its own rows. LoRA: "
+            f"PEFT's mixed-adapter batch (`adapter_names=[...]`), rank {result.lora_rank} on query and value, "
+            f"one adapter per task. Time / the plain backbone on the same rows (median of per-round ratios over "
+            f"{result.rounds} rounds, {result.threads} CPU thread(s)); the plain backbone took "
+            f"{result.backbone_ms:.1f} ms per batch.",
+            "",
+            "| distinct tasks in the batch | P-Tuning v2 (prompts + heads) / plain | PEFT mixed LoRA / plain |",
+            "|---|---|---|",
+            *(f"| {d} | {result.ptuning_v2[d]:.3f} | {result.lora[d]:.3f} |" for d in result.ptuning_v2),
+            "",
+            f"At {most} distinct tasks P-Tuning v2 costs **{result.ptuning_v2[most]:.3f}x** the plain backbone "
+            f"(target <= 1.05) and LoRA {result.lora[most]:.3f}x; {most} tasks cost "
+            f"**{result.ptuning_v2_most_over_one:.3f}x** one task (target <= 1.03).",
+            "",
+        ]
+    )
+
+
+def write(result: DistinctTasksResult, output_dir: Path) -> None:
+    write_json_atomic(output_dir / "distinct_tasks.json", asdict(result))
+    write_text_atomic(output_dir / "distinct_tasks.md", markdown(result))

@@ -1,0 +1,38 @@
+"""The distinct-tasks benchmark times fair work: its LoRA batch is really mixed, its rows really spread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ptuning_v2.benchmarks.distinct_tasks import DistinctTasksResult, lora_model, markdown, row_tasks
+
+
+def test_rows_spread_evenly_over_the_distinct_tasks() -> None:
+    names = [f"t{i}" for i in range(8)]
+    tasks = row_tasks(names, 32, 4)
+    assert len(tasks) == 32 and {tasks.count(n) for n in names[:4]} == {8} and set(tasks) == set(names[:4])
+
+
+def test_mixed_lora_batch_gives_each_row_its_own_adapter(tiny_bert_dir: Path) -> None:
+    names = ["a", "b", "c"]
+    torch.manual_seed(0)
+    model = lora_model(str(tiny_bert_dir), names, rank=4, device=torch.device("cpu"))
+    ids = torch.randint(5, 90, (3, 7))
+    with torch.no_grad():
+        mixed = model(input_ids=ids, adapter_names=names).last_hidden_state
+        for i, name in enumerate(names):
+            model.set_adapter(name)
+            alone = model(input_ids=ids[i : i + 1]).last_hidden_state[0]
+            torch.testing.assert_close(mixed[i], alone, atol=1e-5, rtol=0)
+        assert not torch.allclose(mixed[0], mixed[1])  # the adapters are not PEFT's no-op initialisation
+
+
+def test_report_states_the_targets_from_the_measured_figures() -> None:
+    result = DistinctTasksResult(
+        "minilm", 32, 43, 32, 8, 20, 2, 41.5, {1: 1.02, 32: 1.04}, {1: 1.05, 32: 1.14}, 1.0196, "ptv2 bench"
+    )
+    text = markdown(result)
+    assert "| 32 | 1.040 | 1.140 |" in text and "**1.040x** the plain backbone" in text
+    assert "**1.020x** one task" in text
