@@ -161,7 +161,8 @@ def test_seeds_give_mean_and_std_and_a_time_budget_stops_every_run(config_path: 
     assert result["budget"]["max_seconds"] == 0.3
     for seed, metrics in zip((42, 43), runs, strict=True):
         assert metrics["out_of_time"] is True and 1 <= metrics["steps"] < 100000
-        assert metrics["train_seconds"] - metrics["eval_seconds"] >= 0.3
+        # both are rounded to 0.01 s in metrics.json, so their difference may show up to 0.01 s short
+        assert metrics["train_seconds"] - metrics["eval_seconds"] >= 0.3 - 0.01
         log = [
             json.loads(line) for line in (runs_dir / f"seed_{seed}" / "log.jsonl").read_text().splitlines()
         ]
