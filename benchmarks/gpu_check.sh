@@ -13,6 +13,8 @@
 #   fsdp       FSDP2 over all GPUs (configs/accelerate/fsdp.yaml)     -> results/gpu/fsdp.json
 #   bench      ptv2 bench --quick                                    -> results/gpu/bench/
 #   multitask  mixed-task batches vs grouped vs one at a time (MiniLM) -> results/gpu/multitask/
+#   distinct   one batch of 32 texts from 1..32 tasks vs the plain backbone and PEFT's mixed LoRA
+#              (MiniLM)                                              -> results/gpu/distinct_tasks/
 #   checkpointing  SmolLM2 peak training memory with/without it, 4,096 tokens -> results/gpu/checkpointing/
 #   scale      P-Tuning v2 / LoRA / prompt tuning / full on Rotten Tomatoes, MPNet (110M) and MiniLM (22M),
 #              200 steps of 32 (configs/compare_mpnet at a GPU budget) -> results/gpu/scale.json, scale/
@@ -143,6 +145,8 @@ stage bench 100 "$PY" -m ptuning_v2.cli.main bench --quick --encoder "$ENCODER" 
     --output-dir "$OUT/bench"
 stage multitask 60 "$PY" -m ptuning_v2.cli.main bench --multitask --encoder "$ENCODER" \
     --requests-per-task 64 --rounds 3 --output-dir "$OUT/multitask"
+stage distinct 60 "$PY" -m ptuning_v2.cli.main bench --distinct-tasks --encoder "$ENCODER" --rounds 10 \
+    --output-dir "$OUT/distinct_tasks"
 stage checkpointing 60 "$PY" -m ptuning_v2.cli.main bench --checkpointing --decoder "$DECODER" \
     --seq-len 4096 --output-dir "$OUT/checkpointing"
 stage scale 240 "$PY" benchmarks/gpu_check.py scale "$WORK" "$OUT/scale"

@@ -75,6 +75,7 @@ def run_distinct_tasks(
     rounds: int,
     threads: int,
     command: str,
+    device: torch.device,
     distinct: tuple[int, ...] = DISTINCT,
 ) -> DistinctTasksResult:
     names = [f"task{i:02d}" for i in range(max(distinct))]
@@ -86,7 +87,7 @@ def run_distinct_tasks(
             )
             for i, name in enumerate(names)
         }  # fmt: skip
-        multi = MultiPromptModel.from_checkpoints(checkpoints, device="cpu")
+        multi = MultiPromptModel.from_checkpoints(checkpoints, device=device)
     texts = [str(t) for t in load_builtin("rotten_tomatoes")["test"]["text"][:rows]]
     batch = dict(
         multi.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")

@@ -155,6 +155,7 @@ def run_distinct_tasks(args: argparse.Namespace) -> int:
     import torch
 
     from ptuning_v2.benchmarks import distinct_tasks
+    from ptuning_v2.benchmarks.timing import select_device
     from ptuning_v2.config import ConfigError
 
     if args.rounds < 1:
@@ -166,7 +167,7 @@ def run_distinct_tasks(args: argparse.Namespace) -> int:
     )
     result = distinct_tasks.run_distinct_tasks(
         args.encoder, rows=32, prompt_length=32, max_length=128, lora_rank=8, rounds=args.rounds,
-        threads=args.threads, command=command,
+        threads=args.threads, command=command, device=select_device(args.device),
     )  # fmt: skip
     distinct_tasks.write(result, Path(args.output_dir))
     print(distinct_tasks.markdown(result))
