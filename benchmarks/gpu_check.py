@@ -255,7 +255,7 @@ def scale(directory: str, out: str) -> None:
         with contextlib.redirect_stdout(buffer):
             model(kind, directory)
         spec = buffer.getvalue().strip().splitlines()[-1]
-        target = Path(out) / kind
+        target = Path(out) / kind / "rotten_tomatoes"  # the layout ptv2 scale-summary reads
         shutil.rmtree(target, ignore_errors=True)
         overrides = [f"model={spec}", *SCALE_BUDGET]
         command = [sys.executable, "-m", "ptuning_v2.cli.main", "compare", f"configs/compare_mpnet/{config_file}",
@@ -283,6 +283,7 @@ def scale(directory: str, out: str) -> None:
             ],
         }
     write_json(f"{out}.json", rows)
+    subprocess.run([sys.executable, "-m", "ptuning_v2.cli.main", "scale-summary", out], check=False)
     if any(m["status"] != "ok" for r in rows.values() for m in r["methods"]):
         sys.exit(1)
 

@@ -17,7 +17,7 @@
 #              (MiniLM)                                              -> results/gpu/distinct_tasks/
 #   checkpointing  SmolLM2 peak training memory with/without it, 4,096 tokens -> results/gpu/checkpointing/
 #   scale      P-Tuning v2 / LoRA / prompt tuning / full on Rotten Tomatoes, MPNet (110M) and MiniLM (22M),
-#              200 steps of 32 (configs/compare_mpnet at a GPU budget) -> results/gpu/scale.json, scale/
+#              200 steps of 32 (configs/compare_mpnet at a GPU budget) -> results/gpu/scale.json, scale/scale.md
 #   deepspeed  ZeRO-3 (configs/accelerate/deepspeed_zero3.yaml), only if deepspeed imports
 # results/gpu/stages.jsonl has one line per stage (status ok / failed / timeout / skipped, seconds) and
 # results/gpu/summary.json merges everything. The exit status is 1 if any stage failed.

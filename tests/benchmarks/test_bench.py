@@ -218,3 +218,15 @@ def test_encoder_only_bench_on_mpnet_records_that_peft_prefix_does_nothing_there
     assert "PEFT's prefix has no effect on MPNetModel" in next(iter(failed))[1]
     trained = {row["variant"] for row in results["training"] if not row["error"]}
     assert {"full", "lora", "ptuning_v2"} <= trained
+
+
+def test_size_rows_measure_the_cost_tables_encoder_cases(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    argv = ["bench", "--size-rows", "--encoder", str(tiny_bert_dir), "--decoder", "none", "--threads", "1"]
+    assert main([*argv, "--output-dir", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert results["meta"]["command"].startswith("ptv2 bench --size-rows")
+    inference = {(r["variant"], r["k"], r["batch"], r["seq_len"]) for r in results["inference"]}
+    assert inference == {("plain", None, 16, 128), ("ptuning_v2", 20, 16, 128), ("ptuning_v2", 100, 16, 128)}
+    training = {(r["variant"], r["k"]) for r in results["training"]}
+    assert {("full", None), ("ptuning_v2", 20)} <= training
+    assert all(len(r["wall_ms"]) == 8 for r in results["inference"])

@@ -23,6 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--only", choices=["inference", "training"], help="run one section only")
     p.add_argument(
+        "--size-rows",
+        action="store_true",
+        help="only the encoder rows of the cost table (inference 16 x 128 at k = 20 and 100, a training step "
+        "at k = 20 against full fine-tuning), few rounds: the figures for another model size (--encoder)",
+    )
+    p.add_argument(
         "--checkpointing",
         action="store_true",
         help="instead: peak training memory of the decoder with and without gradient checkpointing "
@@ -69,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         quick_suite,
         run_profile,
         run_suite,
+        size_suite,
     )
     from ptuning_v2.benchmarks.timing import select_device, select_dtype
     from ptuning_v2.config import ConfigError
@@ -83,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         return run_distinct_tasks(args)
     if args.profile:
         suite = profile_suite(args.encoder, args.decoder, args.quick)
+    elif args.size_rows:
+        suite = size_suite(args.encoder)
     else:
         suite = (quick_suite if args.quick else full_suite)(args.encoder, args.decoder)
     if args.decoder == "none":
@@ -176,7 +185,9 @@ def run_distinct_tasks(args: argparse.Namespace) -> int:
 
 def command_line(args: argparse.Namespace) -> str:
     """The command with every option spelled out, so the results say exactly how they were made."""
-    parts = ["ptv2", "bench"] + [f"--{flag}" for flag in ("quick", "profile") if getattr(args, flag)]
+    parts = ["ptv2", "bench"] + [
+        f"--{flag.replace('_', '-')}" for flag in ("quick", "profile", "size_rows") if getattr(args, flag)
+    ]
     for name in ("only", "encoder", "decoder", "device", "dtype", "threads", "output_dir"):
         value = getattr(args, name)
         if value is not None:
