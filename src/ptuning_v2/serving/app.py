@@ -354,7 +354,7 @@ def create_app(
             raise HTTPException(409, f"a task named {name!r} is already loaded; remove it first")
         if store is not None:
             try:
-                folder = store.folder(checkpoint)
+                source: Path | TrainedCheckpoint = store.folder(checkpoint)
             except UnknownTaskError:
                 raise HTTPException(
                     422,
@@ -362,13 +362,13 @@ def create_app(
                 ) from None
         else:
             try:
-                folder = await asyncio.to_thread(TrainedCheckpoint.read, Path(checkpoint))
+                source = await asyncio.to_thread(TrainedCheckpoint.read, Path(checkpoint))
             except (CheckpointError, OSError):
                 raise HTTPException(
                     422, f"checkpoint {checkpoint!r}: not a readable checkpoint folder"
                 ) from None
         try:
-            added = await state["loader"].add(name, folder)
+            added = await state["loader"].add(name, source)
         except (CheckpointError, ValueError, ModelLoadError, OSError) as exc:
             raise HTTPException(422, str(exc)) from None
         return describe(added)
