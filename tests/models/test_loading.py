@@ -133,12 +133,11 @@ def test_load_tokenizer_pads_decoder_only_tokenizer_with_eos(tmp_path: Path) -> 
     assert batch["input_ids"][0] == [2, 1]
 
 
-@pytest.mark.slow
-def test_minilm_gives_real_sentence_embeddings() -> None:
-    model = load_backbone("minilm", "encoder")
-    tokenizer = load_tokenizer("minilm")
-    assert model.pooler is not None
-    assert sum(p.numel() for p in model.parameters()) == 22_713_216
+def assert_real_sentence_embeddings(
+    model: torch.nn.Module, tokenizer
+) -> tuple[list[str], dict, torch.Tensor]:
+    """Mean-pooled embeddings put a paraphrase close and an unrelated sentence far: real pretrained weights.
+    Returns the sentences, their batch and the model's hidden states on it."""
     sentences = ["a cat sits on the mat", "a kitten is on the rug", "stock prices fell sharply"]
     batch = tokenizer(sentences, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -147,6 +146,16 @@ def test_minilm_gives_real_sentence_embeddings() -> None:
     emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
     similar, unrelated = float(emb[0] @ emb[1]), float(emb[0] @ emb[2])
     assert similar > 0.5 and unrelated < 0.2 and similar - unrelated > 0.4
+    return sentences, batch, hidden
+
+
+@pytest.mark.slow
+def test_minilm_gives_real_sentence_embeddings() -> None:
+    model = load_backbone("minilm", "encoder")
+    tokenizer = load_tokenizer("minilm")
+    assert model.pooler is not None
+    assert sum(p.numel() for p in model.parameters()) == 22_713_216
+    assert_real_sentence_embeddings(model, tokenizer)
 
     start = time.perf_counter()
     fingerprint = backbone_fingerprint(model)
@@ -189,14 +198,7 @@ def test_mpnet_gives_real_sentence_embeddings_and_takes_deep_prompts() -> None:
     tokenizer = load_tokenizer("mpnet")
     assert type(model).__name__ == "MPNetModel"
     assert sum(p.numel() for p in model.parameters()) == 109_486_464
-    sentences = ["a cat sits on the mat", "a kitten is on the rug", "stock prices fell sharply"]
-    batch = tokenizer(sentences, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-    similar, unrelated = float(emb[0] @ emb[1]), float(emb[0] @ emb[2])
-    assert similar > 0.5 and unrelated < 0.2 and similar - unrelated > 0.4
+    sentences, batch, hidden = assert_real_sentence_embeddings(model, tokenizer)
 
     prompted = DeepPromptModel(model, DeepPromptConfig(num_virtual_tokens=8, init_std=1.0))
     assert [(s.name, s.num_kv_heads, s.head_dim) for s in prompted.injector.slots][::11] == [
