@@ -43,7 +43,9 @@ def test_fenced_commands_name_what_exists(page: Path) -> None:
             assert words[1] in known, f"{page.name}: `{' '.join(words)}`: no sub-command {words[1]!r}"
         for i, word in enumerate(words):
             if REPO_PATH.match(word):
-                assert (ROOT / word).exists(), f"{page.name}: `{' '.join(words)}` names {word}, which is missing"
+                assert (ROOT / word).exists(), (
+                    f"{page.name}: `{' '.join(words)}` names {word}, which is missing"
+                )
             if word == "-m" and i + 1 < len(words) and words[i + 1] != "pytest":
                 assert importlib.util.find_spec(words[i + 1]), f"{page.name}: no module {words[i + 1]}"
 
