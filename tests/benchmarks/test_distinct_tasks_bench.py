@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ptuning_v2.benchmarks.distinct_tasks import DistinctTasksResult, lora_model, markdown, row_tasks
+from ptuning_v2.benchmarks.timing import paired
 
 
 def test_rows_spread_evenly_over_the_distinct_tasks() -> None:
@@ -31,8 +32,23 @@ def test_mixed_lora_batch_gives_each_row_its_own_adapter(tiny_bert_dir: Path) ->
 
 def test_report_states_the_targets_from_the_measured_figures() -> None:
     result = DistinctTasksResult(
-        "minilm", 32, 43, 32, 8, 20, 2, 41.5, {1: 1.02, 32: 1.04}, {1: 1.05, 32: 1.14}, 1.0196, "ptv2 bench"
-    )
+        "minilm", 32, 43, 32, 8, 20, 2, 41.5, {1: 1.02, 32: 1.04}, {1: (1.0, 1.03), 32: (1.02, 1.06)},
+        {1: 1.05, 32: 1.14}, 1.0196, "ptv2 bench",
+    )  # fmt: skip
     text = markdown(result)
-    assert "| 32 | 1.040 | 1.140 |" in text and "**1.040x** the plain backbone" in text
+    assert "| 32 | 1.040 | 1.020 - 1.060 | 1.140 |" in text and "**1.040x** the plain backbone" in text
     assert "**1.020x** one task" in text
+
+
+def test_paired_timing_puts_every_call_beside_a_reference_call() -> None:
+    order: list[str] = []
+    pairs = paired(
+        lambda: order.append("ref"),
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+        rounds=3,
+        warmup=1,
+        device=torch.device("cpu"),
+    )
+    assert {name: len(runs) for name, runs in pairs.items()} == {"a": 3, "b": 3}
+    assert len(order) == 16 and all(sorted(order[i : i + 2])[1] == "ref" for i in range(0, 16, 2))
+    assert {order[i] for i in range(0, 16, 2)} == {"ref", "a", "b"}  # either one may go first

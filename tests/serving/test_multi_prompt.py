@@ -22,13 +22,19 @@ TEXTS = [
 
 
 def make_checkpoint(
-    model_dir: Path, directory: Path, task: str, prompt: dict[str, Any], state: dict[str, Any], seed: int
+    model_dir: Path,
+    directory: Path,
+    task: str,
+    prompt: dict[str, Any],
+    state: dict[str, Any],
+    seed: int,
+    head: dict[str, Any] | None = None,
 ) -> Path:
     """A checkpoint folder as training writes it, with random prompts and head (large, so they matter)."""
     torch.manual_seed(seed)
     options = {"doc_stride": 32} if task == "qa" else {}
     prompt = {**prompt, "init_std": 0.5}
-    return random_checkpoint(str(model_dir), directory / "checkpoint", task, prompt, state, options)
+    return random_checkpoint(str(model_dir), directory / "checkpoint", task, prompt, state, options, head)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +49,9 @@ def encoder_tasks(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         "entities": make_checkpoint(tiny_bert_dir, root / "entities", "ner", {"num_virtual_tokens": 5},
                                     ner_state, 3),
         "answers": make_checkpoint(tiny_bert_dir, root / "answers", "qa", {"num_virtual_tokens": 6}, {}, 4),
+        "averaged": make_checkpoint(tiny_bert_dir, root / "averaged", "classification",  # mean pooling
+                                    {"num_virtual_tokens": 8}, {"labels": ["x", "y", "z", "w"]}, 7,
+                                    {"pooling": "mean"}),
     }  # fmt: skip
 
 
@@ -61,6 +70,7 @@ def alone(multi: MultiPromptModel, task: str, texts: list[str]) -> torch.Tensor:
         ["sentiment", "topic", "topic", "sentiment"],  # (a) k = 8 and k = 32 (on layer 1 only)
         ["sentiment", "entities", "topic", "entities"],  # (b) classification and NER rows interleaved
         ["answers", "entities", "sentiment", "answers"],  # extractive QA (start/end scores per token) too
+        ["averaged", "topic", "sentiment", "averaged"],  # two poolings: two products of linear heads
     ],
 )
 def test_mixed_batch_rows_equal_each_task_alone(encoder_tasks: dict[str, Path], tasks: list[str]) -> None:
@@ -70,7 +80,10 @@ def test_mixed_batch_rows_equal_each_task_alone(encoder_tasks: dict[str, Path], 
     for name in set(tasks):
         rows = [i for i, t in enumerate(tasks) if t == name]
         expected = alone(multi, name, [TEXTS[i] for i in rows])
-        assert expected.shape[-1] == {"sentiment": 2, "topic": 3, "entities": 5, "answers": 2}[name]
+        assert (
+            expected.shape[-1]
+            == {"sentiment": 2, "topic": 3, "entities": 5, "answers": 2, "averaged": 4}[name]
+        )
         for j, row in enumerate(rows):
             got, want = mixed[row]["logits"], expected[j]
             if name in ("entities", "answers"):  # per token: compare the row's real tokens
@@ -79,6 +92,27 @@ def test_mixed_batch_rows_equal_each_task_alone(encoder_tasks: dict[str, Path], 
     # and the prompts matter: the same text under two tasks' prompts differs
     a = multi.run(encode(multi, TEXTS[:1] * 2), ["sentiment", "topic"])
     assert a[0]["logits"].shape != a[1]["logits"].shape or not torch.allclose(a[0]["logits"], a[1]["logits"])
+
+
+def test_linear_heads_of_a_mixed_batch_run_as_one_product(
+    encoder_tasks: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Classification and NER heads never run task by task in a mixed batch (32 small calls cost more than
+    the prompts do); the QA head, not a linear head, still does."""
+    multi = MultiPromptModel.from_checkpoints(encoder_tasks)
+    tasks = ["sentiment", "entities", "topic", "answers"]
+    want = multi.run(encode(multi, TEXTS), tasks)
+    calls: list[str] = []
+    for name in ("sentiment", "entities", "topic", "answers"):
+        model = multi.tasks[name].model
+        own = model.from_outputs
+        monkeypatch.setattr(
+            model, "from_outputs", lambda *a, own=own, name=name: calls.append(name) or own(*a)
+        )
+    got = multi.run(encode(multi, TEXTS), tasks)
+    assert calls == ["answers"]
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g["logits"], w["logits"])
 
 
 def test_add_and_remove_at_run_time(

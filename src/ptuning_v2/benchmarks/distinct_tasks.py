@@ -3,8 +3,9 @@
 One batch of real texts is answered by ``MultiPromptModel.run`` (prompts and heads) with its rows drawn
 from 1, 2, 4, ... distinct tasks, and, in the same rounds, by the untouched backbone on the same rows
 (the limit on any hardware) and by PEFT's mixed-adapter LoRA batch (``adapter_names=[...]``, one adapter
-per task). Every variant is timed once per round in shuffled order (``timing.interleaved``); a variant's
-cost is the median over rounds of its time divided by the plain backbone's time in that round.
+per task). Every variant is timed once per round in shuffled order, each call right beside a call of the
+plain backbone (``timing.paired``); a variant's cost is the median over rounds of its time divided by
+that plain call's time. The targets are a few percent, under the machine's drift over a round.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from ptuning_v2.benchmarks.multitask import random_checkpoint
-from ptuning_v2.benchmarks.timing import interleaved, ratio_stats
+from ptuning_v2.benchmarks.timing import paired, ratio_stats
 from ptuning_v2.data import load_builtin
 from ptuning_v2.models import load_backbone
 from ptuning_v2.serving.multi_prompt import MultiPromptModel
@@ -42,6 +43,8 @@ class DistinctTasksResult:
     """Median time of the plain backbone on the batch."""
     ptuning_v2: dict[int, float]
     """Distinct tasks -> median per-round ratio of ``MultiPromptModel.run`` (prompts and heads) / plain."""
+    ptuning_v2_quartiles: dict[int, tuple[float, float]]
+    """Distinct tasks -> first and third quartiles of those ratios (the machine's noise)."""
     lora: dict[int, float]
     """Distinct tasks -> median per-round ratio of PEFT's mixed-adapter LoRA batch / plain."""
     ptuning_v2_most_over_one: float
@@ -95,17 +98,21 @@ def run_distinct_tasks(
     plain = load_backbone(model, "encoder").eval()
     lora = lora_model(model, names, lora_rank, multi.device)
 
-    fns: dict[str, Callable[[], Any]] = {"plain": lambda: plain(**batch)}
+    fns: dict[str, Callable[[], Any]] = {}
     for d in distinct:
         tasks = row_tasks(names, rows, d)
         fns[f"ptuning_v2/{d}"] = lambda tasks=tasks: multi.run(batch, tasks)
         fns[f"lora/{d}"] = lambda tasks=tasks: lora(**batch, adapter_names=tasks)
     with torch.inference_mode():
-        samples = interleaved(fns, rounds, warmup=2, device=multi.device)
-    walls = {name: [s.wall for s in runs] for name, runs in samples.items()}
+        pairs = paired(lambda: plain(**batch), fns, rounds, warmup=2, device=multi.device)
+    stats = {
+        name: ratio_stats([ref.wall for ref, _ in runs], [own.wall for _, own in runs])
+        for name, runs in pairs.items()
+    }
+    plain_walls = sorted(ref.wall for runs in pairs.values() for ref, _ in runs)
 
     def ratio(name: str) -> float:
-        return round(ratio_stats(walls["plain"], walls[name]).median, 4)
+        return round(stats[name].median, 4)
 
     ptv2 = {d: ratio(f"ptuning_v2/{d}") for d in distinct}
     return DistinctTasksResult(
@@ -116,8 +123,12 @@ def run_distinct_tasks(
         lora_rank=lora_rank,
         rounds=rounds,
         threads=threads,
-        backbone_ms=round(sorted(walls["plain"])[len(walls["plain"]) // 2] * 1e3, 2),
+        backbone_ms=round(plain_walls[len(plain_walls) // 2] * 1e3, 2),
         ptuning_v2=ptv2,
+        ptuning_v2_quartiles={
+            d: (round(stats[f"ptuning_v2/{d}"].q1, 4), round(stats[f"ptuning_v2/{d}"].q3, 4))
+            for d in distinct
+        },
         lora={d: ratio(f"lora/{d}") for d in distinct},
         ptuning_v2_most_over_one=round(ptv2[max(distinct)] / ptv2[min(distinct)], 4),
         command=command,
@@ -136,13 +147,16 @@ def markdown(result: DistinctTasksResult) -> str:
             f"its rows spread evenly over 1 to {most} tasks. P-Tuning v2: `MultiPromptModel.run`, k = "
             f"{result.prompt_length} at every layer, each task's classification head on its own rows. LoRA: "
             f"PEFT's mixed-adapter batch (`adapter_names=[...]`), rank {result.lora_rank} on query and value, "
-            f"one adapter per task. Time / the plain backbone on the same rows (median of per-round ratios over "
-            f"{result.rounds} rounds, {result.threads} CPU thread(s)); the plain backbone took "
-            f"{result.backbone_ms:.1f} ms per batch.",
+            f"one adapter per task. Time / the plain backbone on the same rows, each call timed right beside a "
+            f"plain one (median of those ratios over {result.rounds} rounds, with their quartiles; "
+            f"{result.threads} CPU thread(s)); the plain backbone took {result.backbone_ms:.1f} ms per batch.",
             "",
-            "| distinct tasks in the batch | P-Tuning v2 (prompts + heads) / plain | PEFT mixed LoRA / plain |",
-            "|---|---|---|",
-            *(f"| {d} | {result.ptuning_v2[d]:.3f} | {result.lora[d]:.3f} |" for d in result.ptuning_v2),
+            "| distinct tasks in the batch | P-Tuning v2 (prompts + heads) / plain | quartiles | PEFT mixed LoRA / plain |",
+            "|---|---|---|---|",
+            *(
+                f"| {d} | {result.ptuning_v2[d]:.3f} | {q1:.3f} - {q3:.3f} | {result.lora[d]:.3f} |"
+                for d, (q1, q3) in result.ptuning_v2_quartiles.items()
+            ),
             "",
             f"At {most} distinct tasks P-Tuning v2 costs **{result.ptuning_v2[most]:.3f}x** the plain backbone "
             f"(target <= 1.05) and LoRA {result.lora[most]:.3f}x; {most} tasks cost "

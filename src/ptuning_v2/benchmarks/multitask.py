@@ -43,11 +43,18 @@ def random_checkpoint(
     prompt: dict[str, Any],
     state: dict[str, Any],
     task_options: dict[str, Any] | None = None,
+    head: dict[str, Any] | None = None,
 ) -> Path:
     """A checkpoint folder as training writes it, with randomly initialised prompt and head (seeded by the
     caller's torch seed): what serving costs does not depend on trained values."""
     run = RunConfig.from_dict(
-        {"model": model, "task": task, "prompt": prompt, "task_options": task_options or {}}
+        {
+            "model": model,
+            "task": task,
+            "prompt": prompt,
+            "task_options": task_options or {},
+            "head": head or {},
+        }
     )
     task_obj = get_task(task)(run, load_tokenizer(model))
     task_obj.load_state(state)

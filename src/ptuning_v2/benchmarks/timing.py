@@ -85,6 +85,34 @@ def interleaved(
     return samples
 
 
+def paired(
+    reference: Callable[[], Any],
+    fns: dict[str, Callable[[], Any]],
+    rounds: int,
+    warmup: int,
+    device: torch.device,
+    seed: int = 0,
+) -> dict[str, list[tuple[Sample, Sample]]]:
+    """Per round, each function (in a fresh random order) timed right beside a call of ``reference`` (which
+    of the two goes first is random too); ``warmup`` rounds are dropped.
+
+    For ratios of a few percent: a pair is taken within a second, so the machine's drift over a round of
+    many functions does not reach it (``interleaved`` compares calls a whole round apart)."""
+    rng = random.Random(seed)
+    names = list(fns)
+    pairs: dict[str, list[tuple[Sample, Sample]]] = {name: [] for name in names}
+    for index in range(warmup + rounds):
+        rng.shuffle(names)
+        for name in names:
+            if rng.random() < 0.5:
+                ref, own = time_call(reference, device), time_call(fns[name], device)
+            else:
+                own, ref = time_call(fns[name], device), time_call(reference, device)
+            if index >= warmup:
+                pairs[name].append((ref, own))
+    return pairs
+
+
 @dataclass(frozen=True)
 class RatioStats:
     """Median and quartiles of per-round ratios ``other / reference``."""

@@ -216,6 +216,29 @@ class PrefixInjector:
         }
         return Delivery(self, prefixes)
 
+    def deliver_rows(
+        self,
+        keys: Mapping[str, torch.Tensor],
+        values: Mapping[str, torch.Tensor],
+        masks: Mapping[str, torch.Tensor] | None = None,
+    ) -> Delivery:
+        """The ``ptv2_prompts`` argument for per-row prompts given as separate keys and values, each
+        ``[batch, length, kv_heads * head_dim]``: each stays contiguous per row, so joining it to the real
+        keys copies whole rows (a mixed-task batch's prompts, gathered by ``MultiPromptModel``)."""
+        by_name = {slot.name: slot for slot in self.slots}
+        masks = masks or {}
+
+        def heads(tensor: torch.Tensor, slot: AttentionSlot) -> torch.Tensor:
+            return tensor.view(*tensor.shape[:2], slot.num_kv_heads, slot.head_dim).transpose(1, 2)
+
+        prefixes = {
+            name: Prefix(
+                heads(keys[name], by_name[name]), heads(values[name], by_name[name]), masks.get(name)
+            )
+            for name in keys
+        }
+        return Delivery(self, prefixes)
+
     def remove(self) -> None:
         uninstall(self.model)
 

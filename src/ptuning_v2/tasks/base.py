@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -249,3 +249,79 @@ def token_states(outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             "prompt positions must not reach a token-level head"
         )
     return hidden
+
+
+class LinearHeadModel(nn.Module, ABC):
+    """A task model whose head is dropout and one linear layer over features of the encoder's outputs
+    (classification: one pooled vector per row; NER: every token's state).
+
+    Over a mixed-task batch's shared pass, the heads of many such models run as one product
+    (``heads_by_row``) instead of one small call per task, so a batch of 32 tasks costs what one does."""
+
+    head: nn.Sequential
+
+    @abstractmethod
+    def head_input(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The features the linear layer reads, ``[rows, ..., hidden]``."""
+
+    def head_input_key(self) -> tuple:
+        """Models with equal keys compute the same ``head_input`` from the same outputs."""
+        return (type(self),)
+
+    def from_outputs(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The head over encoder outputs computed elsewhere (a mixed-task batch's shared pass)."""
+        logits = self.head(self.head_input(outputs, batch))
+        result = {"logits": logits}
+        if "labels" in batch:
+            result["loss"] = self.loss(logits, batch["labels"])
+        return result
+
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of ``logits`` against the batch's ``labels``."""
+
+
+def heads_by_row(
+    models: Sequence[nn.Module], owner: Sequence[int], outputs: Any, batch: dict[str, torch.Tensor]
+) -> list[dict[str, torch.Tensor]]:
+    """Row ``i``'s head outputs (``logits``, ...) by its own task model ``models[owner[i]]``, over one
+    shared pass's ``outputs`` (inference: no loss, dropout off).
+
+    Linear heads that read the same features (``LinearHeadModel``) run as one product whose columns are
+    every model's labels side by side, and each row takes its own model's columns; any other model runs
+    ``from_outputs`` on its own rows."""
+    results: list[dict[str, torch.Tensor]] = [{} for _ in owner]
+    groups: dict[tuple, list[int]] = {}
+    for m, model in enumerate(models):
+        if isinstance(model, LinearHeadModel):
+            linear = model.head[-1]
+            key = (*model.head_input_key(), linear.in_features, linear.weight.dtype)
+        else:
+            key = ("alone", m)
+        groups.setdefault(key, []).append(m)
+    rows_of: dict[int, list[int]] = {}
+    for i, m in enumerate(owner):
+        rows_of.setdefault(m, []).append(i)
+    device = batch["input_ids"].device
+    for group in groups.values():
+        model = models[group[0]]
+        if not isinstance(model, LinearHeadModel):
+            rows = rows_of.get(group[0], [])
+            index = torch.tensor(rows, device=device)
+            own = type(outputs)(**{k: v[index] for k, v in outputs.items() if isinstance(v, torch.Tensor)})
+            own_batch = {k: v[index] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            head = model.from_outputs(own, own_batch)
+            for j, row in enumerate(rows):
+                results[row] = {k: v[j] for k, v in head.items() if k != "loss"}
+            continue
+        linears = [models[m].head[-1] for m in group]
+        weight = torch.cat([linear.weight for linear in linears])
+        bias = torch.cat([linear.bias for linear in linears])
+        logits = nn.functional.linear(model.head_input(outputs, batch), weight, bias)
+        start = 0
+        for m, linear in zip(group, linears, strict=True):
+            end = start + linear.out_features
+            for row in rows_of.get(m, []):
+                results[row] = {"logits": logits[row, ..., start:end]}
+            start = end
+    return results

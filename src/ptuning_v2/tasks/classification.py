@@ -13,10 +13,17 @@ from torch import nn
 
 from ptuning_v2.config import DataConfig
 from ptuning_v2.data import DataError, DataReport, load_local_splits, truncated_rows
-from ptuning_v2.tasks.base import Task, encoder_inputs, local_files, pooled, register_task
+from ptuning_v2.tasks.base import (
+    LinearHeadModel,
+    Task,
+    encoder_inputs,
+    local_files,
+    pooled,
+    register_task,
+)
 
 
-class ClassificationModel(nn.Module):
+class ClassificationModel(LinearHeadModel):
     """Pooled encoder output -> dropout -> linear layer (the official P-Tuning v2 head)."""
 
     def __init__(
@@ -30,13 +37,14 @@ class ClassificationModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.from_outputs(self.encoder(**encoder_inputs(batch)), batch)
 
-    def from_outputs(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The head over encoder outputs computed elsewhere (a mixed-task batch's shared pass)."""
-        logits = self.head(pooled(outputs, batch["attention_mask"], self.pooling))
-        result = {"logits": logits}
-        if "labels" in batch:
-            result["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"])
-        return result
+    def head_input(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return pooled(outputs, batch["attention_mask"], self.pooling)
+
+    def head_input_key(self) -> tuple:
+        return (type(self), self.pooling)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits.float(), labels)
 
 
 def classification_metrics(gold: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, Any]:

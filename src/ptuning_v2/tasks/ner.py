@@ -29,6 +29,7 @@ from ptuning_v2.data import (
 from ptuning_v2.data.readers import TagScheme
 from ptuning_v2.evaluation.ner import entity_spans, ner_metrics
 from ptuning_v2.tasks.base import (
+    LinearHeadModel,
     Task,
     encoder_inputs,
     local_files,
@@ -48,7 +49,7 @@ def split_words(text: str) -> list[tuple[str, int, int]]:
     return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
 
 
-class TokenClassificationModel(nn.Module):
+class TokenClassificationModel(LinearHeadModel):
     """Per-token encoder states -> dropout -> linear layer over the tag set."""
 
     def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, dropout: float) -> None:
@@ -59,15 +60,13 @@ class TokenClassificationModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.from_outputs(self.encoder(**encoder_inputs(batch)), batch)
 
-    def from_outputs(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The head over encoder outputs computed elsewhere (a mixed-task batch's shared pass)."""
-        logits = self.head(token_states(outputs, batch))
-        result = {"logits": logits}
-        if "labels" in batch:
-            result["loss"] = nn.functional.cross_entropy(
-                logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE
-            )
-        return result
+    def head_input(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return token_states(outputs, batch)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE
+        )
 
 
 @register_task

@@ -1,5 +1,5 @@
-"""``ptv2 serve-bench --prompts DIR [DIR ...]``: the load test of ``ptv2 serve``, batching on and off
-(``OUTPUT_DIR/load.json``, ``load.md``); with ``--store-tasks N``, the store-scale test instead: N tasks
+"""``ptv2 serve-bench --prompts DIR [DIR ...]``: the load test of ``ptv2 serve``, batching on and off, against
+the same requests done offline (``OUTPUT_DIR/load.json``, ``load.md``); with ``--store-tasks N``, the store-scale test instead: N tasks
 copied from the given checkpoints, three traffic shapes (``store.json``, ``store.md``). Loopback only,
 bounded in requests and seconds.
 """
@@ -59,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         server_args=server_args,
         command=command,
+        batch_size=args.max_batch_size,
     )
-    print(json.dumps({k: report[k] for k in ("throughput_ratio", "p99_ratio", "all_correct")}))
+    keys = ("throughput_ratio", "p99_ratio", "server_vs_offline", "all_correct")
+    print(json.dumps({k: report[k] for k in keys}))
     return 0 if report["all_correct"] else 1
 
 
