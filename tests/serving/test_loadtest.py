@@ -22,7 +22,12 @@ def test_offline_mode_answers_every_request_right_in_sorted_batches(checkpoints:
 
 def test_report_compares_the_server_with_the_offline_mode() -> None:
     mode = {"answered": 8, "requests": 8, "wrong": 0, "lost": 0, "duplicated_or_swapped": 0}
-    served = {**mode, "throughput_rps": 90.0, "latency_ms": {"p50": 10.0, "p99": 20.0}, "requests_per_batch": 4}
+    served = {
+        **mode,
+        "throughput_rps": 90.0,
+        "latency_ms": {"p50": 10.0, "p99": 20.0},
+        "requests_per_batch": 4,
+    }
     report = {
         "command": "ptv2 serve-bench",
         "clients": 16,
@@ -30,7 +35,7 @@ def test_report_compares_the_server_with_the_offline_mode() -> None:
         "tasks": {"a": "x"},
         "cpu_count": 2,
         "modes": {
-            "offline": {**mode, "throughput_rps": 100.0, "requests_per_batch": 8},
+            "offline": {**mode, "throughput_rps": 100.0, "requests_per_batch": 8, "runs_rps": [98.0, 102.0]},
             "batching": served,
             "no_batching": {**served, "throughput_rps": 50.0},
         },
@@ -41,4 +46,4 @@ def test_report_compares_the_server_with_the_offline_mode() -> None:
     }
     text = markdown(report)
     assert "| offline | 8 / 8 | 0 / 0 / 0 | 100.0 | - | - | 8.00 |" in text
-    assert "**0.900x** the offline throughput" in text
+    assert "**0.900x** the offline throughput" in text and "98.0 and 102.0 req/s" in text

@@ -36,10 +36,11 @@ from ptuning_v2.utils.io import finite, write_json_atomic, write_text_atomic
 TOLERANCE = 1e-4
 
 
-def sample_inputs(checkpoint: str | Path, count: int) -> list[Any]:
+def sample_inputs(checkpoint: str | Path, count: int, tokens: int | None = None) -> list[Any]:
     """``count`` inputs for a checkpoint's task from its own data's test (or dev) split, as a client
-    would send them."""
+    would send them; with ``tokens``, each text is made exactly that long (``fixed_length``)."""
     run = TrainedCheckpoint.read(checkpoint).run()
+    from ptuning_v2.models import load_tokenizer
     from ptuning_v2.tasks import get_task
     from ptuning_v2.training.recipe import load_splits
 
@@ -49,13 +50,32 @@ def sample_inputs(checkpoint: str | Path, count: int) -> list[Any]:
     split = splits["test"] if "test" in splits else splits["validation"]
     rows = split.select(range(min(count, len(split))))
     if run.task == "ner":
-        return [" ".join(tokens) for tokens in rows["tokens"]]
-    if run.task == "classification":
+        inputs = [" ".join(tokens) for tokens in rows["tokens"]]
+    elif run.task == "classification":
         pairs = "text_pair" in rows.column_names
-        return [[r["text"], r["text_pair"]] if pairs else r["text"] for r in rows]
-    if run.task == "qa":
-        return [{"question": r["question"], "context": r["context"]} for r in rows]
-    raise ValueError(f"the load test has no inputs for task {run.task!r}")
+        inputs = [[r["text"], r["text_pair"]] if pairs else r["text"] for r in rows]
+    elif run.task == "qa":
+        inputs = [{"question": r["question"], "context": r["context"]} for r in rows]
+    else:
+        raise ValueError(f"the load test has no inputs for task {run.task!r}")
+    if tokens is None:
+        return inputs
+    if not all(isinstance(x, str) for x in inputs):
+        raise ValueError(f"--input-tokens: task {run.task!r} takes structured inputs; give single texts")
+    return fixed_length(inputs, load_tokenizer(run.model), tokens)
+
+
+def fixed_length(texts: list[str], tokenizer: Any, tokens: int) -> list[str]:
+    """Each text cut, or extended by the texts after it in turn, to ``tokens`` tokens of ``tokenizer``
+    (special tokens not counted): inputs of one length, so no batch pads, as in a synthetic load test."""
+    out = []
+    for i, text in enumerate(texts):
+        following = iter(texts[i + 1 :] + texts[: i + 1])
+        while len(tokenizer(text, add_special_tokens=False)["input_ids"]) < tokens:
+            text = f"{text} {next(following)}"
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        out.append(text[: offsets[tokens - 1][1]])
+    return out
 
 
 def expected_answers(checkpoints: dict[str, str], inputs: dict[str, list[Any]]) -> dict[str, list[dict]]:
@@ -268,17 +288,20 @@ def run_load_test(
     server_args: list[str] | None = None,
     command: str = "",
     batch_size: int = 32,
+    input_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The offline mode, then both server modes, one after the other; writes ``load.json`` and ``load.md``
     in ``output_dir``. ``batch_size`` is the server's ``--max-batch-size``, the offline batches' size."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    inputs = {name: sample_inputs(path, inputs_per_task) for name, path in checkpoints.items()}
+    inputs = {name: sample_inputs(path, inputs_per_task, input_tokens) for name, path in checkpoints.items()}
     expected = expected_answers(checkpoints, inputs)
     names = list(checkpoints)
     jobs = [(names[j % len(names)], (j // len(names)) % inputs_per_task) for j in range(requests)]
     base = ["--prompts", *checkpoints.values(), "--names", *names, *(server_args or [])]
     logs = Path(tempfile.mkdtemp(prefix="ptv2-serve-bench-"))  # the servers' own output, for a failure
-    modes = {"offline": offline(checkpoints, jobs, inputs, expected, batch_size)}
+    # offline before and after the batching server: the machine's speed drifts, and the ratio takes the mean
+    offline_runs = [offline(checkpoints, jobs, inputs, expected, batch_size)]
+    modes: dict[str, dict[str, Any]] = {}
     for mode, extra in (("batching", []), ("no_batching", ["--no-batching"])):
         with server_process(base + extra, logs / f"server_{mode}.log") as (url, _):
             warm = [(name, i) for name in names for i in range(4)]
@@ -288,12 +311,20 @@ def run_load_test(
             result["batches"] = httpx.get(f"{url}/health").json()["batches"] - before
             result["requests_per_batch"] = round(result["answered"] / max(result["batches"], 1), 2)
         modes[mode] = result
+        if mode == "batching":
+            offline_runs.append(offline(checkpoints, jobs, inputs, expected, batch_size))
+    rates = [run["throughput_rps"] for run in offline_runs]
+    modes = {"offline": {**offline_runs[-1], "throughput_rps": round(sum(rates) / len(rates), 2)}, **modes}
+    modes["offline"]["runs_rps"] = rates
+    modes["offline"]["wrong"] = sum(run["wrong"] for run in offline_runs)
+    modes["offline"]["lost"] = sum(run["lost"] for run in offline_runs)
     on, off = modes["batching"], modes["no_batching"]
     report = {
         "command": command,
         "tasks": {name: str(path) for name, path in checkpoints.items()},
         "clients": clients,
         "requests": requests,
+        "input_tokens": input_tokens,
         "max_seconds": max_seconds,
         "server_args": server_args or [],
         "cpu_count": os.cpu_count(),
@@ -329,10 +360,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"`{report['command']}`",
             "",
             f"{report['clients']} concurrent closed-loop clients on loopback, {report['requests']} one-input "
-            f"requests over the tasks {', '.join(report['tasks'])} in turn, {report['cpu_count']} CPU cores "
+            f"requests over the tasks {', '.join(report['tasks'])} in turn"
+            + (f" (every text {report['input_tokens']} tokens)" if report.get("input_tokens") else "")
+            + f", {report['cpu_count']} CPU cores "
             "shared by server and clients. Offline: the same requests through `predict_requests` in one "
-            "process, in sorted batches of the server's batch size (no HTTP). Every answer is checked against "
-            "the task's own prediction for that input alone.",
+            "process, in sorted batches of the server's batch size (no HTTP), run before and after the "
+            "batching server (throughput: their mean, "
+            + " and ".join(f"{r:.1f}" for r in report["modes"]["offline"].get("runs_rps", []))
+            + " req/s). Every answer is checked against the task's own prediction for that input alone.",
             "",
             *rows,
             "",

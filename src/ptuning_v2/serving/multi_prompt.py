@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ class TaskEntry:
     model: nn.Module
     checkpoint: Path
     meta: dict[str, Any]
+    _padded: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def encoder(self) -> DeepPromptModel | None:
@@ -61,6 +62,14 @@ class TaskEntry:
         must not ask each one again."""
         with torch.no_grad():
             return self.encoder.prompt() if self.encoder is not None else {}
+
+    def padded(self, slot: str, length: int, like: torch.Tensor) -> torch.Tensor:
+        """The prompt on ``slot`` with zero rows up to ``length`` (all zeros for a task with no prompt there),
+        kept for the next mixed batch that pads it so."""
+        tensor = self._padded.get((slot, length))
+        if tensor is None:
+            tensor = self._padded[slot, length] = pad_rows(self.prompts.get(slot), length, like)
+        return tensor
 
     @property
     def prompt_length(self) -> int:
@@ -209,7 +218,8 @@ class MultiPromptModel:
         are padded to the longest task's length and gathered by row, in one copy each, into this thread's
         reused buffers (so a delivery holds until this thread asks for the next one); the unused positions
         of each row are masked out (no mask where every task fills the slot)."""
-        prompts = {name: self.entry(name).prompts for name in dict.fromkeys(tasks)}
+        entries = {name: self.entry(name) for name in dict.fromkeys(tasks)}
+        prompts = {name: entry.prompts for name, entry in entries.items()}
         if len(prompts) == 1:
             return self.injector.deliver(next(iter(prompts.values())))
         keys, values, masks = {}, {}, {}
@@ -218,7 +228,7 @@ class MultiPromptModel:
             longest = max(lengths.values())
             reference = next(p[slot] for p in prompts.values() if slot in p)
             half = reference.shape[-1] // 2  # a prompt row is its keys, then its values
-            padded = {name: pad_rows(p.get(slot), longest, reference) for name, p in prompts.items()}
+            padded = {name: entry.padded(slot, longest, reference) for name, entry in entries.items()}
             for part, gathered in ((0, keys), (1, values)):
                 own = {name: t[:, part * half : (part + 1) * half] for name, t in padded.items()}
                 rows = self._buffers.take((slot, part), (len(tasks), longest, half), reference)

@@ -22,6 +22,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clients", type=int, default=16, help="concurrent clients")
     p.add_argument("--requests", type=int, default=640, help="one-input requests per mode")
     p.add_argument("--inputs-per-task", type=int, default=32, help="distinct inputs per task (test split)")
+    p.add_argument(
+        "--input-tokens",
+        type=int,
+        metavar="N",
+        help="make every text N tokens long (cut, or extended by the next)",
+    )
     p.add_argument("--max-seconds", type=float, default=120.0, help="stop a mode after this long")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -43,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if args.names is not None and len(args.names) != len(args.prompts):
         raise ConfigError(f"--names: {len(args.names)} names for {len(args.prompts)} --prompts folders")
     names = args.names or [task_name(Path(p)) for p in args.prompts]
-    for flag in ("clients", "requests", "inputs_per_task", "max_loaded_tasks"):
-        if getattr(args, flag) < 1:
+    for flag in ("clients", "requests", "inputs_per_task", "max_loaded_tasks", "input_tokens"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')}: expected a positive number")
     command = "ptv2 serve-bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["serve-bench"] else [])
     server_args = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
@@ -60,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         server_args=server_args,
         command=command,
         batch_size=args.max_batch_size,
+        input_tokens=args.input_tokens,
     )
     keys = ("throughput_ratio", "p99_ratio", "server_vs_offline", "all_correct")
     print(json.dumps({k: report[k] for k in keys}))
