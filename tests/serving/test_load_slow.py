@@ -42,4 +42,7 @@ def test_dynamic_batching_doubles_throughput_with_every_answer_right(tmp_path: P
     # committed run (results/serving/load.json) measured 1.68x, so this checks for a clear gain.
     assert report["throughput_ratio"] >= 1.4
     assert report["p99_ratio"] <= 1.0
+    # the same requests offline, as a reference (the 0.9x target is not met on 2 shared cores: docs/serving.md)
+    assert list(report["modes"])[:2] == ["offline", "offline_server_batches"]
+    assert report["server_vs_offline"] > 0.2 and len(report["modes"]["offline"]["runs_rps"]) == 2
     assert "| batching |" in (tmp_path / "load" / "load.md").read_text()

@@ -48,7 +48,9 @@ class TaskEntry:
     model: nn.Module
     checkpoint: Path
     meta: dict[str, Any]
-    _padded: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    _key_values: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def encoder(self) -> DeepPromptModel | None:
@@ -63,13 +65,16 @@ class TaskEntry:
         with torch.no_grad():
             return self.encoder.prompt() if self.encoder is not None else {}
 
-    def padded(self, slot: str, length: int, like: torch.Tensor) -> torch.Tensor:
-        """The prompt on ``slot`` with zero rows up to ``length`` (all zeros for a task with no prompt there),
-        kept for the next mixed batch that pads it so."""
-        tensor = self._padded.get((slot, length))
-        if tensor is None:
-            tensor = self._padded[slot, length] = pad_rows(self.prompts.get(slot), length, like)
-        return tensor
+    def key_value(self, slot: str, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and the values of the prompt on ``slot`` (a prompt row is its keys, then its values), with
+        zero rows up to ``length`` (all zeros for a task with no prompt there); kept for the next mixed batch
+        that pads it so."""
+        pair = self._key_values.get((slot, length))
+        if pair is None:
+            padded = pad_rows(self.prompts.get(slot), length, like)
+            half = padded.shape[-1] // 2
+            pair = self._key_values[slot, length] = (padded[:, :half], padded[:, half:])
+        return pair
 
     @property
     def prompt_length(self) -> int:
@@ -227,12 +232,11 @@ class MultiPromptModel:
             lengths = {name: p[slot].shape[0] if slot in p else 0 for name, p in prompts.items()}
             longest = max(lengths.values())
             reference = next(p[slot] for p in prompts.values() if slot in p)
-            half = reference.shape[-1] // 2  # a prompt row is its keys, then its values
-            padded = {name: entry.padded(slot, longest, reference) for name, entry in entries.items()}
+            pairs = {name: entry.key_value(slot, longest, reference) for name, entry in entries.items()}
             for part, gathered in ((0, keys), (1, values)):
-                own = {name: t[:, part * half : (part + 1) * half] for name, t in padded.items()}
-                rows = self._buffers.take((slot, part), (len(tasks), longest, half), reference)
-                gathered[slot] = torch.stack([own[t] for t in tasks], out=rows)
+                shape = (len(tasks), longest, reference.shape[-1] // 2)
+                rows = self._buffers.take((slot, part), shape, reference)
+                gathered[slot] = torch.stack([pairs[t][part] for t in tasks], out=rows)
             if min(lengths.values()) < longest:
                 positions = torch.arange(longest, device=reference.device)
                 masks[slot] = (
