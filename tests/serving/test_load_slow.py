@@ -37,12 +37,13 @@ def test_dynamic_batching_doubles_throughput_with_every_answer_right(tmp_path: P
     report = json.loads((tmp_path / "load" / "load.json").read_text())
     assert report["all_correct"]
     for mode in report["modes"].values():
-        assert mode["answered"] == 480 and mode["wrong"] == mode["lost"] == mode["duplicated_or_swapped"] == 0
+        assert mode["answered"] == 480 * len(mode["runs_rps"])
+        assert mode["wrong"] == mode["lost"] == mode["duplicated_or_swapped"] == 0
     # The target is 2x; on 2 CPU cores a MiniLM row costs the same alone or batched, and the
     # committed run (results/serving/load.json) measured 1.68x, so this checks for a clear gain.
     assert report["throughput_ratio"] >= 1.4
     assert report["p99_ratio"] <= 1.0
     # the same requests offline, as a reference (the 0.9x target is not met on 2 shared cores: docs/serving.md)
     assert list(report["modes"])[:2] == ["offline", "offline_server_batches"]
-    assert report["server_vs_offline"] > 0.2 and len(report["modes"]["offline"]["runs_rps"]) == 2
+    assert report["server_vs_offline"] > 0.2 and len(report["modes"]["offline"]["runs_rps"]) == 4
     assert "| batching |" in (tmp_path / "load" / "load.md").read_text()

@@ -32,6 +32,8 @@ import numpy as np
 
 from ptuning_v2.checkpoint import TrainedCheckpoint
 from ptuning_v2.data import load_builtin
+from ptuning_v2.serving.batching import Request, predict_requests
+from ptuning_v2.serving.multi_prompt import MultiPromptModel
 from ptuning_v2.utils.io import finite, write_json_atomic, write_text_atomic
 
 TOLERANCE = 1e-4
@@ -170,12 +172,13 @@ async def measure(
     max_seconds: float,
     latency_of: dict[str, float] | None = None,
     tag: str = "",
+    latencies: list[float] | None = None,
 ) -> dict[str, Any]:
     """Run ``jobs`` ((task, input index) each) through ``clients`` concurrent clients; latency of each,
     and every answer checked. With ``latency_of``, job ``j`` is sent with request id ``{tag}{j}`` and its
-    latency (seconds) recorded under that id."""
+    latency (seconds) recorded under that id; ``latencies`` collects every latency."""
     queue = list(reversed(range(len(jobs))))
-    latencies: list[float] = []
+    latencies = [] if latencies is None else latencies
     wrong, lost, foreign = [], [], []
     answered = [0] * len(jobs)
     stop_at = time.monotonic() + max_seconds
@@ -229,65 +232,83 @@ async def measure(
     }
 
 
-def offline(
-    checkpoints: dict[str, str],
-    jobs: list[tuple[str, int]],
-    inputs: dict[str, list[Any]],
-    expected: dict[str, list[dict]],
-    batch_size: int,
-    group: int | None = None,
-) -> dict[str, Any]:
-    """The same requests as the server gets, in one process, after one warm-up pass of each task; every
-    answer checked as the clients check the server's. ``predict_requests`` runs over all of them at once
-    (rows sorted by length, ``batch_size`` rows per backbone pass), or with ``group``, over ``group``
-    requests at a time in the order they were sent (the shape of the server's batches, without HTTP)."""
-    from ptuning_v2.serving.batching import Request, predict_requests
-    from ptuning_v2.serving.multi_prompt import MultiPromptModel
+class Offline:
+    """The server's work without serving it: the same requests through ``predict_requests`` on one
+    ``MultiPromptModel`` in this process (no HTTP), every answer checked as the clients check the server's."""
 
-    multi = MultiPromptModel.from_checkpoints(checkpoints, device="cpu")
-    passes: list[int] = []
+    def __init__(
+        self,
+        checkpoints: dict[str, str],
+        inputs: dict[str, list[Any]],
+        expected: dict[str, list[dict]],
+        batch_size: int,
+    ) -> None:
+        self.multi = MultiPromptModel.from_checkpoints(checkpoints, device="cpu")
+        self.inputs, self.expected, self.batch_size = inputs, expected, batch_size
+        predict_requests(
+            self.multi, self.requests([(name, 0) for name in checkpoints]), batch_size
+        )  # warm-up
 
-    def requests(todo: list[tuple[str, int]]) -> list[Request]:
+    def requests(self, todo: list[tuple[str, int]]) -> list[Request]:
         """As the server parses them: a text through its task's ``parse_input``, anything else as sent."""
-        parse = {name: multi.entry(name).task.parse_input for name in checkpoints}
+        parse = {name: self.multi.entry(name).task.parse_input for name, _ in todo}
         return [
-            Request(name, [parse[name](x) if isinstance(x := inputs[name][i], str) else x])
+            Request(name, [parse[name](x) if isinstance(x := self.inputs[name][i], str) else x])
             for name, i in todo
         ]
 
-    try:
-        predict_requests(multi, requests([(name, 0) for name in checkpoints]), batch_size)
+    def run(self, jobs: list[tuple[str, int]], group: int | None = None) -> dict[str, Any]:
+        """All ``jobs`` at once (rows sorted by length, ``batch_size`` rows per backbone pass), or with
+        ``group``, ``group`` requests at a time in the order they were sent (the server's batches' shape)."""
+        passes: list[int] = []
         started = time.perf_counter()
-        todo, step = requests(jobs), group or len(jobs)
+        todo, step = self.requests(jobs), group or len(jobs)
         results = [
             result
             for start in range(0, len(todo), step)
             for result in predict_requests(
-                multi, todo[start : start + step], batch_size, on_pass=passes.append
+                self.multi, todo[start : start + step], self.batch_size, on_pass=passes.append
             )
         ]
         seconds = time.perf_counter() - started
-    finally:
-        multi.close()
-    lost = [j for j, result in enumerate(results) if isinstance(result, Exception)]
-    wrong = [
-        j
-        for j, ((name, i), result) in enumerate(zip(jobs, results, strict=True))
-        if j not in lost and not same_answer(json.loads(json.dumps(finite(result[0]))), expected[name][i])
-    ]
-    return {
-        "requests": len(jobs),
-        "answered": len(jobs) - len(lost),
-        "seconds": round(seconds, 3),
-        "throughput_rps": round(len(jobs) / seconds, 2),
-        "batches": len(passes),
-        "requests_per_batch": round(len(jobs) / max(len(passes), 1), 2),
-        "wrong": len(wrong),
-        "lost": len(lost),
-        "duplicated_or_swapped": 0,
-        "failures": [{"job": j, "error": repr(results[j])} for j in lost[:5]]
-        + [{"job": j} for j in wrong[:5]],
+        lost = [j for j, result in enumerate(results) if isinstance(result, Exception)]
+        wrong = [
+            j
+            for j, ((name, i), result) in enumerate(zip(jobs, results, strict=True))
+            if j not in lost
+            and not same_answer(json.loads(json.dumps(finite(result[0]))), self.expected[name][i])
+        ]
+        return {
+            "requests": len(jobs),
+            "answered": len(jobs) - len(lost),
+            "seconds": round(seconds, 3),
+            "throughput_rps": round(len(jobs) / seconds, 2),
+            "batches": len(passes),
+            "requests_per_batch": round(len(jobs) / max(len(passes), 1), 2),
+            "wrong": len(wrong),
+            "lost": len(lost),
+            "duplicated_or_swapped": 0,
+            "failures": [{"job": j, "error": repr(results[j])} for j in lost[:5]]
+            + [{"job": j} for j in wrong[:5]],
+        }
+
+    def close(self) -> None:
+        self.multi.close()
+
+
+def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one mode as one: counts and seconds summed, throughput over the total."""
+    total = {
+        k: sum(run[k] for run in runs)
+        for k in ("requests", "answered", "seconds", "batches", "wrong", "lost")
     }
+    total["duplicated_or_swapped"] = sum(run["duplicated_or_swapped"] for run in runs)
+    total["seconds"] = round(total["seconds"], 3)
+    total["throughput_rps"] = round(total["answered"] / total["seconds"], 2)
+    total["requests_per_batch"] = round(total["answered"] / max(total["batches"], 1), 2)
+    total["runs_rps"] = [run["throughput_rps"] for run in runs]
+    total["failures"] = [f for run in runs for f in run["failures"]][:10]
+    return total
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -358,9 +379,11 @@ def run_load_test(
     command: str = "",
     batch_size: int = 32,
     input_tokens: int | None = None,
+    rounds: int = 3,
 ) -> dict[str, Any]:
-    """The offline mode, then both server modes, one after the other; writes ``load.json`` and ``load.md``
-    in ``output_dir``. ``batch_size`` is the server's ``--max-batch-size``, the offline batches' size."""
+    """Both server modes and the offline ones; writes ``load.json`` and ``load.md`` in ``output_dir``.
+    ``batch_size`` is the server's ``--max-batch-size``, the offline batches' size; the batching server
+    answers ``requests`` requests ``rounds`` times."""
     output_dir.mkdir(parents=True, exist_ok=True)
     inputs = {name: sample_inputs(path, inputs_per_task, input_tokens) for name, path in checkpoints.items()}
     expected = expected_answers(checkpoints, inputs)
@@ -368,49 +391,70 @@ def run_load_test(
     jobs = [(names[j % len(names)], (j // len(names)) % inputs_per_task) for j in range(requests)]
     base = ["--prompts", *checkpoints.values(), "--names", *names, *(server_args or [])]
     logs = Path(tempfile.mkdtemp(prefix="ptv2-serve-bench-"))  # the servers' own output, for a failure
-    # offline before and after the batching server: the machine's speed drifts, and the ratio takes the mean
-    offline_runs = [offline(checkpoints, jobs, inputs, expected, batch_size)]
-    modes: dict[str, dict[str, Any]] = {}
-    for mode, extra in (("batching", []), ("no_batching", ["--no-batching"])):
-        with server_process(base + extra, logs / f"server_{mode}.log") as (url, _):
+    # The machine's speed drifts by tens of percent within a minute: the batching server is measured in
+    # `rounds` parts, each between two offline runs (sorted) and followed by one in its own batches' shape.
+    reference = Offline(checkpoints, inputs, expected, batch_size)
+    times: dict[str, list[float]] = {"batching": [], "no_batching": []}
+    try:
+        sorted_runs, shaped_runs, served = [reference.run(jobs)], [], []
+        with server_process(base, logs / "server_batching.log") as (url, _):
             warm = [(name, i) for name in names for i in range(4)]
             asyncio.run(measure(url, warm, inputs, expected, clients, max_seconds))
-            before = httpx.get(f"{url}/health").json()["batches"]
-            result = asyncio.run(measure(url, jobs, inputs, expected, clients, max_seconds))
-            result["batches"] = httpx.get(f"{url}/health").json()["batches"] - before
-            result["requests_per_batch"] = round(result["answered"] / max(result["batches"], 1), 2)
-        modes[mode] = result
-        if mode == "batching":
-            offline_runs.append(offline(checkpoints, jobs, inputs, expected, batch_size))
-    rates = [run["throughput_rps"] for run in offline_runs]
-    shape = max(1, round(modes["batching"]["requests_per_batch"]))
-    modes = {
-        "offline": {**offline_runs[-1], "throughput_rps": round(sum(rates) / len(rates), 2)},
-        "offline_server_batches": offline(checkpoints, jobs, inputs, expected, batch_size, group=shape),
-        **modes,
+            for _ in range(rounds):
+                before = httpx.get(f"{url}/health").json()["batches"]
+                part = asyncio.run(
+                    measure(url, jobs, inputs, expected, clients, max_seconds, latencies=times["batching"])
+                )
+                part["batches"] = httpx.get(f"{url}/health").json()["batches"] - before
+                served.append(part)
+                shaped_runs.append(
+                    reference.run(jobs, group=max(1, round(part["answered"] / max(part["batches"], 1))))
+                )
+                sorted_runs.append(reference.run(jobs))
+    finally:
+        reference.close()
+    with server_process(base + ["--no-batching"], logs / "server_no_batching.log") as (url, _):
+        asyncio.run(measure(url, warm, inputs, expected, clients, max_seconds))
+        before = httpx.get(f"{url}/health").json()["batches"]
+        alone = asyncio.run(
+            measure(url, jobs, inputs, expected, clients, max_seconds, latencies=times["no_batching"])
+        )
+        alone["batches"] = httpx.get(f"{url}/health").json()["batches"] - before
+    modes: dict[str, dict[str, Any]] = {
+        "offline": combined(sorted_runs),
+        "offline_server_batches": combined(shaped_runs),
+        "batching": combined(served),
+        "no_batching": combined([alone]),
     }
-    modes["offline"]["runs_rps"] = rates
-    modes["offline"]["wrong"] = sum(run["wrong"] for run in offline_runs)
-    modes["offline"]["lost"] = sum(run["lost"] for run in offline_runs)
+    for mode, seconds in times.items():
+        modes[mode]["latency_ms"] = percentiles(seconds)
+    vs_offline = [
+        part["throughput_rps"] * 2 / (sorted_runs[i]["throughput_rps"] + sorted_runs[i + 1]["throughput_rps"])
+        for i, part in enumerate(served)
+    ]
+    vs_shape = [
+        part["throughput_rps"] / shaped["throughput_rps"]
+        for part, shaped in zip(served, shaped_runs, strict=True)
+    ]
     on, off = modes["batching"], modes["no_batching"]
     report = {
         "command": command,
         "tasks": {name: str(path) for name, path in checkpoints.items()},
         "clients": clients,
         "requests": requests,
+        "rounds": rounds,
         "input_tokens": input_tokens,
         "max_seconds": max_seconds,
         "server_args": server_args or [],
         "cpu_count": os.cpu_count(),
         "modes": modes,
         "throughput_ratio": round(on["throughput_rps"] / max(off["throughput_rps"], 1e-9), 2),
-        "server_vs_offline": round(on["throughput_rps"] / modes["offline"]["throughput_rps"], 3),
-        "server_vs_offline_server_batches": round(
-            on["throughput_rps"] / modes["offline_server_batches"]["throughput_rps"], 3
-        ),
+        "server_vs_offline": round(float(np.median(vs_offline)), 3),
+        "server_vs_offline_parts": [round(r, 3) for r in vs_offline],
+        "server_vs_offline_server_batches": round(float(np.median(vs_shape)), 3),
         "p99_ratio": round(on["latency_ms"]["p99"] / max(off["latency_ms"]["p99"], 1e-9), 2),
         "all_correct": all(m["wrong"] == m["lost"] == m["duplicated_or_swapped"] == 0 for m in modes.values())
-        and all(m["answered"] == requests for m in modes.values()),
+        and all(m["answered"] == m["requests"] == requests * len(m["runs_rps"]) for m in modes.values()),
     }
     write_json_atomic(output_dir / "load.json", report)
     write_text_atomic(output_dir / "load.md", markdown(report))
@@ -439,23 +483,27 @@ def markdown(report: dict[str, Any]) -> str:
             f"{report['clients']} concurrent closed-loop clients on loopback, {report['requests']} one-input "
             f"requests over the tasks {', '.join(report['tasks'])} in turn"
             + (f" (every text {report['input_tokens']} tokens)" if report.get("input_tokens") else "")
-            + f", {report['cpu_count']} CPU cores "
-            "shared by server and clients. Offline: the same requests through `predict_requests` in one "
-            "process, in sorted batches of the server's batch size (no HTTP), run before and after the "
-            "batching server (throughput: their mean, "
-            + " and ".join(f"{r:.1f}" for r in report["modes"]["offline"].get("runs_rps", []))
-            + " req/s). Offline server batches: the same, but in the batching server's batch size (its "
-            "requests per batch, rounded), in the order the requests were sent, as the server meets them. "
-            "Every answer is checked against the task's own prediction for that input alone.",
+            + f", {report['cpu_count']} CPU cores shared by server and clients. The batching server answers "
+            f"them {report['rounds']} times; before and after each time, the same requests run offline: "
+            "through `predict_requests` in this process with no HTTP, in sorted batches of the server's batch "
+            "size (`offline`), and in the order they were sent, in groups of the server's requests per batch "
+            "(`offline server batches`, the shape of the server's batches). Every answer is checked against "
+            "the task's own prediction for that input alone. Throughput per run: "
+            + "; ".join(
+                f"{mode.replace('_', ' ')} " + ", ".join(f"{r:.1f}" for r in m["runs_rps"])
+                for mode, m in report["modes"].items()
+            )
+            + " req/s.",
             "",
             *rows,
             "",
             f"Dynamic batching: **{report['throughput_ratio']:.2f}x** the throughput of one request at a "
             f"time, p99 latency **{report['p99_ratio']:.2f}x**. The server with dynamic batching reaches "
-            f"**{report['server_vs_offline']:.3f}x** the offline throughput (target >= 0.9), and "
-            f"**{report['server_vs_offline_server_batches']:.3f}x** the offline throughput in its own batches' "
-            "shape. Every answer "
-            f"correct: **{report['all_correct']}**.",
+            f"**{report['server_vs_offline']:.3f}x** the offline throughput (target >= 0.9; the median over its "
+            "runs of its throughput over the mean of the offline runs on either side: "
+            + ", ".join(f"{r:.3f}" for r in report["server_vs_offline_parts"])
+            + f"), and **{report['server_vs_offline_server_batches']:.3f}x** the offline throughput in its own "
+            f"batches' shape. Every answer correct: **{report['all_correct']}**.",
             "",
         ]
     )
