@@ -71,6 +71,7 @@ def alone(multi: MultiPromptModel, task: str, texts: list[str]) -> torch.Tensor:
         ["sentiment", "entities", "topic", "entities"],  # (b) classification and NER rows interleaved
         ["answers", "entities", "sentiment", "answers"],  # extractive QA (start/end scores per token) too
         ["averaged", "topic", "sentiment", "averaged"],  # two poolings: two products of linear heads
+        ["topic", "topic", "topic", "topic"],  # one task: its prompt broadcast, not gathered
     ],
 )
 def test_mixed_batch_rows_equal_each_task_alone(encoder_tasks: dict[str, Path], tasks: list[str]) -> None:

@@ -145,7 +145,7 @@ def markdown(result: DistinctTasksResult) -> str:
             "",
             f"One batch of {result.rows} real Rotten Tomatoes test texts ({result.tokens} tokens after padding), "
             f"its rows spread evenly over 1 to {most} tasks. P-Tuning v2: `MultiPromptModel.run`, k = "
-            f"{result.prompt_length} at every layer, each task's classification head on its own rows. LoRA: "
+            f"{result.prompt_length} at every layer, the classification heads of all tasks as one product. LoRA: "
             f"PEFT's mixed-adapter batch (`adapter_names=[...]`), rank {result.lora_rank} on query and value, "
             f"one adapter per task. Time / the plain backbone on the same rows, each call timed right beside a "
             f"plain one (median of those ratios over {result.rounds} rounds, with their quartiles; "
