@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -359,6 +360,12 @@ def check_prompt_size(run: RunConfig) -> None:
         )
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The config class's field types, resolved once: a server reads a run config for every task it loads."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, data: Any, where: str, section: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
@@ -370,7 +377,7 @@ def _build(cls: type, data: Any, where: str, section: str = "") -> Any:
             f"{where}: unknown field(s) {unknown}"
             + (f"; did you mean {hint}?" if hint else f"; known: {sorted(known)}")
         )
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         sub = _NESTED.get((cls.__name__, name))

@@ -65,16 +65,14 @@ class TaskEntry:
         with torch.no_grad():
             return self.encoder.prompt() if self.encoder is not None else {}
 
-    def key_value(self, slot: str, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keys and the values of the prompt on ``slot`` (a prompt row is its keys, then its values), with
-        zero rows up to ``length`` (all zeros for a task with no prompt there); kept for the next mixed batch
-        that pads it so."""
-        pair = self._key_values.get((slot, length))
-        if pair is None:
-            padded = pad_rows(self.prompts.get(slot), length, like)
-            half = padded.shape[-1] // 2
-            pair = self._key_values[slot, length] = (padded[:, :half], padded[:, half:])
-        return pair
+    def key_value(self, slot: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The keys and the values of the prompt on ``slot`` (views: a prompt row is its keys, then its
+        values); None where the task has no prompt."""
+        if slot not in self._key_values:
+            prompt = self.prompts.get(slot)
+            half = prompt.shape[-1] // 2 if prompt is not None else 0
+            self._key_values[slot] = None if prompt is None else (prompt[:, :half], prompt[:, half:])
+        return self._key_values[slot]
 
     @property
     def prompt_length(self) -> int:
@@ -95,15 +93,6 @@ def check_task_name(name: str) -> None:
         raise ValueError(
             f"task name {name!r}: use letters, digits, '-', '_' or '.' (not first), namespaces separated by '/'"
         )
-
-
-def pad_rows(prompt: torch.Tensor | None, length: int, like: torch.Tensor) -> torch.Tensor:
-    """``prompt`` with zero rows added up to ``length`` (all zeros for a task with no prompt on the slot)."""
-    if prompt is None:
-        return like.new_zeros(length, like.shape[-1])
-    if prompt.shape[0] == length:
-        return prompt
-    return torch.cat([prompt, like.new_zeros(length - prompt.shape[0], like.shape[-1])])
 
 
 class RowBuffers(threading.local):
@@ -194,7 +183,7 @@ class MultiPromptModel:
         if self.kind is not None and kind != self.kind:
             raise CheckpointError(f"{directory}: a {kind} task cannot share a {self.kind} backbone")
         task, model = attach_trained(checkpoint, self.backbone, self.tokenizer, self.fingerprint)
-        entry = TaskEntry(name, task, model.to(self.device).eval(), directory, meta)
+        entry = TaskEntry(name, task, self._settle(model), directory, meta)
         if entry.encoder is not None and entry.encoder.prompt_config.mode != "prefix":
             entry.encoder.remove()
             raise CheckpointError(f"{directory}: mixed-task batches need prompts in prompt.mode 'prefix'")
@@ -203,6 +192,19 @@ class MultiPromptModel:
             self.kind = kind
             self.tasks[name] = entry
         return entry
+
+    def _settle(self, model: nn.Module) -> nn.Module:
+        """A new task model in eval mode on the server's device, walking only its own modules (prompt, head):
+        the shared backbone, already there and in eval mode, is thousands of modules, and a server with a
+        store loads tasks all the time."""
+        own = [model]
+        for module in own:
+            own.extend(child for child in module.children() if child is not self.backbone)
+            module.training = False
+            for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+                if tensor.device != self.device:
+                    tensor.data = tensor.data.to(self.device)
+        return model
 
     def remove(self, name: str) -> None:
         """Unload a task; the backbone and the other tasks stay as they are."""
@@ -220,9 +222,9 @@ class MultiPromptModel:
 
     def delivery(self, tasks: Sequence[str]) -> Delivery:
         """Per-row prefixes for a batch whose row ``i`` belongs to ``tasks[i]``: each slot's keys and values
-        are padded to the longest task's length and gathered by row, in one copy each, into this thread's
-        reused buffers (so a delivery holds until this thread asks for the next one); the unused positions
-        of each row are masked out (no mask where every task fills the slot)."""
+        are gathered by row into this thread's reused buffers (so a delivery holds until this thread asks
+        for the next one), padded with zeros to the longest task's prompt; the unused positions of each row
+        are masked out (no mask where every task fills the slot)."""
         entries = {name: self.entry(name) for name in dict.fromkeys(tasks)}
         prompts = {name: entry.prompts for name, entry in entries.items()}
         if len(prompts) == 1:
@@ -232,11 +234,18 @@ class MultiPromptModel:
             lengths = {name: p[slot].shape[0] if slot in p else 0 for name, p in prompts.items()}
             longest = max(lengths.values())
             reference = next(p[slot] for p in prompts.values() if slot in p)
-            pairs = {name: entry.key_value(slot, longest, reference) for name, entry in entries.items()}
+            pairs = {name: entry.key_value(slot) for name, entry in entries.items()}
             for part, gathered in ((0, keys), (1, values)):
                 shape = (len(tasks), longest, reference.shape[-1] // 2)
                 rows = self._buffers.take((slot, part), shape, reference)
-                gathered[slot] = torch.stack([pairs[t][part] for t in tasks], out=rows)
+                if min(lengths.values()) == longest:  # one copy, row by row
+                    torch.stack([pairs[t][part] for t in tasks], out=rows)
+                else:  # zeros, then each row's prompt into it (no padded copy of any prompt)
+                    rows.zero_()
+                    for i, name in enumerate(tasks):
+                        if pairs[name] is not None:
+                            rows[i, : lengths[name]].copy_(pairs[name][part])
+                gathered[slot] = rows
             if min(lengths.values()) < longest:
                 positions = torch.arange(longest, device=reference.device)
                 masks[slot] = (
