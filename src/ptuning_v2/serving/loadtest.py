@@ -243,7 +243,7 @@ class Offline:
         expected: dict[str, list[dict]],
         batch_size: int,
     ) -> None:
-        self.multi = MultiPromptModel.from_checkpoints(checkpoints, device="cpu")
+        self.multi = MultiPromptModel.from_checkpoints(checkpoints)  # the server's default device too
         self.inputs, self.expected, self.batch_size = inputs, expected, batch_size
         predict_requests(
             self.multi, self.requests([(name, 0) for name in checkpoints]), batch_size
