@@ -3,18 +3,21 @@ checked against the task's own prediction for that input, with dynamic batching 
 requests done offline.
 
 Each server mode starts its own server process (same checkpoints, same limits but ``--no-batching``),
-warms it up, then ``clients`` closed-loop clients send ``requests`` one-input requests between them (tasks
-in turn), stopping early at ``max_seconds``. The offline mode is what the server's work costs without
-serving it: the same requests through ``predict_requests`` in this process, in sorted batches of the
-server's batch size (tokenising, ``MultiPromptModel.run`` and decoding; no HTTP). The expected answer of every (task, input) is what ``ptv2
-predict`` gives for that input alone; an answer matches when its labels, spans and texts are equal
-and its scores agree to ``1e-4`` (a row's float rounding may move with the batch it shares).
+warms it up, then ``clients`` closed-loop clients (``LeanConnection``) send ``requests`` one-input requests
+between them (tasks in turn), stopping early at ``max_seconds``. The offline modes (``Offline``) are what
+the server's work costs without serving it: the same requests through ``predict_requests`` in this process
+(tokenising, ``MultiPromptModel.run`` and decoding; no HTTP), in sorted batches of the server's batch size,
+or in the shape of the server's own batches. The batching server runs ``rounds`` times, each between two
+offline runs, since the machine's speed drifts. The expected answer of every (task, input) is what ``ptv2
+predict`` gives for that input alone; an answer matches when its labels, spans and texts are equal and its
+scores agree to ``1e-4`` (a row's float rounding may move with the batch it shares).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -80,7 +83,7 @@ def fixed_length(texts: list[str], tokenizer: Any, tokens: int) -> list[str]:
     (special tokens not counted): inputs of one length, so no batch pads, as in a synthetic load test."""
     out = []
     for i, text in enumerate(texts):
-        following = iter(texts[i + 1 :] + texts[: i + 1])
+        following = itertools.cycle(texts[i + 1 :] + texts[: i + 1])
         while len(tokenizer(text, add_special_tokens=False)["input_ids"]) < tokens:
             text = f"{text} {next(following)}"
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]

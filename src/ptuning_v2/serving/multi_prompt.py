@@ -48,9 +48,7 @@ class TaskEntry:
     model: nn.Module
     checkpoint: Path
     meta: dict[str, Any]
-    _key_values: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(
-        default_factory=dict, repr=False
-    )
+    _key_values: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict, repr=False)
 
     @property
     def encoder(self) -> DeepPromptModel | None:
@@ -70,8 +68,8 @@ class TaskEntry:
         values); None where the task has no prompt."""
         if slot not in self._key_values:
             prompt = self.prompts.get(slot)
-            half = prompt.shape[-1] // 2 if prompt is not None else 0
-            self._key_values[slot] = None if prompt is None else (prompt[:, :half], prompt[:, half:])
+            halves = None if prompt is None else prompt.split(prompt.shape[-1] // 2, dim=-1)
+            self._key_values[slot] = halves
         return self._key_values[slot]
 
     @property

@@ -256,7 +256,7 @@ class LinearHeadModel(nn.Module, ABC):
     (classification: one pooled vector per row; NER: every token's state).
 
     Over a mixed-task batch's shared pass, the heads of many such models run as one product
-    (``heads_by_row``) instead of one small call per task, so a batch of 32 tasks costs what one does."""
+    (``heads_by_row``) instead of one small call per task: the heads of 32 tasks cost about what one does."""
 
     head: nn.Sequential
 
