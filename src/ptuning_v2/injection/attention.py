@@ -181,9 +181,15 @@ def uninstall(model: nn.Module) -> None:
     del model._ptv2_installs, model._ptv2_slots
 
 
-def to_key_value(prompt: torch.Tensor, slot: AttentionSlot) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ``[length, width]`` or ``[batch, length, width]`` prompt as key and value views
-    ``[batch or 1, kv_heads, length, head_dim]`` (width = key and value of every kv head)."""
+def to_key_value(
+    prompt: torch.Tensor | tuple[torch.Tensor, torch.Tensor], slot: AttentionSlot
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``[length, width]`` or ``[batch, length, width]`` prompt (width = key and value of every kv head),
+    or the keys and the values of a per-row prompt apart (``[batch, length, kv_heads * head_dim]`` each), as
+    key and value views ``[batch or 1, kv_heads, length, head_dim]``."""
+    if isinstance(prompt, tuple):
+        key, value = (t.view(*t.shape[:2], slot.num_kv_heads, slot.head_dim).transpose(1, 2) for t in prompt)
+        return key, value
     batched = prompt if prompt.dim() == 3 else prompt.unsqueeze(0)
     kv = batched.view(batched.shape[0], batched.shape[1], 2, slot.num_kv_heads, slot.head_dim)
     kv = kv.permute(2, 0, 3, 1, 4)
@@ -204,38 +210,20 @@ class PrefixInjector:
         return {slot.name: slot.width for slot in self.slots}
 
     def deliver(
-        self, prompts: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None = None
-    ) -> Delivery:
-        """The ``ptv2_prompts`` argument for one call. Prompts are ``[length, width]`` (shared by the
-        batch) or ``[batch, length, width]`` (per row, with an optional ``[batch, length]`` mask)."""
-        by_name = {slot.name: slot for slot in self.slots}
-        masks = masks or {}
-        prefixes = {
-            name: Prefix(*to_key_value(tensor, by_name[name]), masks.get(name))
-            for name, tensor in prompts.items()
-        }
-        return Delivery(self, prefixes)
-
-    def deliver_rows(
         self,
-        keys: Mapping[str, torch.Tensor],
-        values: Mapping[str, torch.Tensor],
+        prompts: Mapping[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
         masks: Mapping[str, torch.Tensor] | None = None,
     ) -> Delivery:
-        """The ``ptv2_prompts`` argument for per-row prompts given as separate keys and values, each
-        ``[batch, length, kv_heads * head_dim]``: each stays contiguous per row, so joining it to the real
-        keys copies whole rows (a mixed-task batch's prompts, gathered by ``MultiPromptModel``)."""
+        """The ``ptv2_prompts`` argument for one call. A slot's prompt is ``[length, width]`` (shared by the
+        batch) or ``[batch, length, width]`` (per row, with an optional ``[batch, length]`` mask), or the keys
+        and the values of per-row prompts apart, ``[batch, length, kv_heads * head_dim]`` each: a mixed-task
+        batch's, gathered by ``MultiPromptModel`` with each row contiguous, so joining them to the real keys
+        copies whole rows."""
         by_name = {slot.name: slot for slot in self.slots}
         masks = masks or {}
-
-        def heads(tensor: torch.Tensor, slot: AttentionSlot) -> torch.Tensor:
-            return tensor.view(*tensor.shape[:2], slot.num_kv_heads, slot.head_dim).transpose(1, 2)
-
         prefixes = {
-            name: Prefix(
-                heads(keys[name], by_name[name]), heads(values[name], by_name[name]), masks.get(name)
-            )
-            for name in keys
+            name: Prefix(*to_key_value(prompt, by_name[name]), masks.get(name))
+            for name, prompt in prompts.items()
         }
         return Delivery(self, prefixes)
 

@@ -225,13 +225,14 @@ class MultiPromptModel:
         prompts = {name: entry.prompts for name, entry in entries.items()}
         if len(prompts) == 1:
             return self.injector.deliver(next(iter(prompts.values())))
-        keys, values, masks = {}, {}, {}
+        per_row, masks = {}, {}
         for slot in dict.fromkeys(s for p in prompts.values() for s in p):
             lengths = {name: p[slot].shape[0] if slot in p else 0 for name, p in prompts.items()}
             longest = max(lengths.values())
             reference = next(p[slot] for p in prompts.values() if slot in p)
             pairs = {name: entry.key_value(slot) for name, entry in entries.items()}
-            for part, gathered in ((0, keys), (1, values)):
+            gathered = []
+            for part in (0, 1):  # keys, then values
                 shape = (len(tasks), longest, reference.shape[-1] // 2)
                 rows = self._buffers.take((slot, part), shape, reference)
                 if min(lengths.values()) == longest:  # one copy, row by row
@@ -241,13 +242,14 @@ class MultiPromptModel:
                     for i, name in enumerate(tasks):
                         if pairs[name] is not None:
                             rows[i, : lengths[name]].copy_(pairs[name][part])
-                gathered[slot] = rows
+                gathered.append(rows)
+            per_row[slot] = tuple(gathered)
             if min(lengths.values()) < longest:
                 positions = torch.arange(longest, device=reference.device)
                 masks[slot] = (
                     positions < torch.tensor([lengths[t] for t in tasks], device=reference.device)[:, None]
                 )
-        return self.injector.deliver_rows(keys, values, masks)
+        return self.injector.deliver(per_row, masks)
 
     def _inputs(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str], keys: Sequence[str]) -> dict:
         inputs = {k: batch[k].to(self.device) for k in keys if k in batch}
