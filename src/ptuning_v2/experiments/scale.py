@@ -15,7 +15,7 @@ from typing import Any
 
 from ptuning_v2.config import ConfigError
 from ptuning_v2.experiments.report import mean_spread
-from ptuning_v2.experiments.summary import Cell, difference
+from ptuning_v2.experiments.summary import Cell, difference, finished_methods
 from ptuning_v2.utils.io import write_json_atomic, write_text_atomic
 
 REFERENCE = "ptuning_v2"
@@ -47,15 +47,11 @@ def read_model_set(path: Path) -> ModelSet:
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
         metric, rows, total = result["metric"], {}, 0
-        for row in result["methods"]:
-            mean = (row.get("test") or {}).get(metric)
-            if row.get("status") != "ok" or mean is None:
-                continue
-            std = (row.get("test_std") or {}).get(metric)
+        for row, cell in finished_methods(result):
             rss = row.get("peak_rss_bytes")
             rows[row["method"]] = MethodRow(
                 row["method"],
-                Cell(float(mean), None if std is None else float(std), row.get("finished_seeds", 1)),
+                cell,
                 float(row["trainable_share"]),
                 float(row["train_seconds"]),
                 None if rss is None else rss / 2**20,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,20 +38,23 @@ class SetResult:
     """Method name -> its test metric (methods whose runs all failed are left out)."""
 
 
+def finished_methods(result: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Cell]]:
+    """Each method row of a ``comparison.json`` whose runs finished with a test metric, and that metric."""
+    metric = result["metric"]
+    for row in result["methods"]:
+        mean = (row.get("test") or {}).get(metric)
+        if row.get("status") != "ok" or mean is None:
+            continue
+        std = (row.get("test_std") or {}).get(metric)
+        yield row, Cell(float(mean), None if std is None else float(std), row.get("finished_seeds", 1))
+
+
 def read_comparison(path: Path) -> SetResult:
     """The test metrics of one ``comparison.json``."""
     try:
         result = json.loads(path.read_text())
         metric = result["metric"]
-        cells = {}
-        for row in result["methods"]:
-            mean = (row.get("test") or {}).get(metric)
-            if row.get("status") != "ok" or mean is None:
-                continue
-            std = (row.get("test_std") or {}).get(metric)
-            cells[row["method"]] = Cell(
-                float(mean), None if std is None else float(std), row.get("finished_seeds", 1)
-            )
+        cells = {row["method"]: cell for row, cell in finished_methods(result)}
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: not a ptv2 compare result ({type(exc).__name__}: {exc})") from None
     return SetResult(result.get("data") or path.parent.name, metric, result.get("command", ""), cells)
