@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from ptuning_v2.checkpoint import TrainedCheckpoint
 from ptuning_v2.cli.main import main
@@ -24,6 +25,10 @@ def test_offline_mode_answers_every_request_right_in_sorted_batches(checkpoints:
     assert result["batches"] == 5 and result["throughput_rps"] > 0  # ceil(24 / 5) passes
     in_turn = reference.run(jobs, group=4)
     assert in_turn["answered"] == 24 and in_turn["wrong"] == 0 and in_turn["batches"] == 6  # 24 / 4
+    threads = torch.get_num_threads()
+    side_by_side = reference.run(jobs, group=4, threads=2)  # as the server's two model threads
+    assert side_by_side["answered"] == 24 and side_by_side["wrong"] == 0 and side_by_side["batches"] == 6
+    assert torch.get_num_threads() == threads  # torch's threads given back
     reference.expected = {name: [{"different": True}] * 4 for name in paths}  # every answer is checked
     assert reference.run(jobs)["wrong"] == 24
     reference.close()
@@ -91,6 +96,7 @@ def test_inputs_of_a_fixed_length(checkpoints: dict[str, Path]) -> None:
 def test_load_test_on_the_tiny_tasks(tmp_path: Path, checkpoints: dict[str, Path], capsys) -> None:
     args = ["serve-bench", "--prompts", str(checkpoints["sentiment"]), str(checkpoints["ner"])]
     args += ["--clients", "4", "--requests", "16", "--inputs-per-task", "4", "--output-dir", str(tmp_path)]
+    assert main([*args, "--rounds", "0"]) == 2  # checked before anything starts
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["all_correct"] is True and summary["server_vs_offline"] > 0

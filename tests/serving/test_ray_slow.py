@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from launching import free_port
-from serving_checks import NER, SENTIMENT, TOPIC, cli_predict, same_prediction
+from serving_checks import NER, SENTIMENT, TOPIC, cli_predict, metric, same_prediction
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ray")
@@ -95,3 +95,61 @@ def test_a_replica_that_cannot_load_its_checkpoint_is_one_line_error(tmp_path: P
         f"ptv2 serve: error: the Ray Serve deployment did not start: CheckpointError: {missing}: "
         "not a ptuning-v2 checkpoint (no ptv2_checkpoint.json)"
     )
+
+
+def test_a_ray_replica_serves_the_store_with_keys_metrics_and_request_ids(
+    store: Path, checkpoints: dict[str, Path], tmp_path: Path, server_factory
+) -> None:
+    """docs/serving.md, "The store, keys and metrics under Ray Serve": the replica loads store tasks on demand
+    (LRU, one loaded), checks keys as ``ptv2 serve`` does, counts its own metrics, and the answer carries the
+    client's request id once (Ray's proxy adds it; the replica logs it)."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        "keys:\n"
+        "  - {name: acme, key: acme-secret-0123456789, role: client, tasks: ['acme/*']}\n"
+        "  - {name: ops, key: ops-secret-0123456789, role: admin, tasks: ['*']}\n"
+    )
+    server = server_factory(
+        "--ray", "--replicas", "1", "--replica-cpus", "0.5", "--store", str(store), "--api-keys", str(keys),
+        "--max-loaded-tasks", "1",
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while "replica(s) of a local Ray instance" not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "replica(s) of a local Ray instance" in server.log.read_text(), server.log.read_text()
+    acme = {"Authorization": "Bearer acme-secret-0123456789"}
+    admin = {"Authorization": "Bearer ops-secret-0123456789"}
+
+    def ask(task: str, text: str, headers: dict[str, str]) -> httpx.Response:
+        return httpx.post(
+            f"{server.url}/v1/tasks/{task}/predict", json={"inputs": [text]}, headers=headers, timeout=120
+        )
+
+    answer = ask("acme/topic", "paris", {**acme, "X-Request-ID": "ray-store-1"})
+    assert answer.status_code == 200, answer.text
+    same_prediction(answer.json()["outputs"][0], cli_predict(checkpoints["topic"], ["paris"])[0])
+    assert answer.headers.get_list("x-request-id") == ["ray-store-1"]
+    answer = ask("acme/sentiment", "the movie was great", acme)  # evicts acme/topic
+    assert answer.status_code == 200, answer.text
+    same_prediction(
+        answer.json()["outputs"][0], cli_predict(checkpoints["sentiment"], ["the movie was great"])[0]
+    )
+    assert ask("acme/topic", "paris", acme).status_code == 200  # loaded again
+
+    assert ask("acme/topic", "paris", {}).status_code == 401
+    assert ask("beta/ner", "John", acme).status_code == 404  # another tenant's task: as if it did not exist
+    listed = httpx.get(f"{server.url}/v1/tasks", headers=acme).json()["tasks"]
+    assert {t["name"] for t in listed} == {"acme/sentiment", "acme/topic"}
+    added = httpx.post(f"{server.url}/v1/tasks", json={"checkpoint": "beta/ner"}, headers=acme)
+    assert added.status_code == 403
+    assert httpx.get(f"{server.url}/metrics", headers=acme).status_code == 403
+
+    assert metric(server.url, "ptv2_task_cache_misses_total", admin) == 3
+    assert metric(server.url, "ptv2_task_cache_evictions_total", admin) == 2
+    assert metric(server.url, "ptv2_requests_total", admin) >= 5
+
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=180) == 0, server.log.read_text()
+    log = server.log.read_text()
+    assert '"request_id": "ray-store-1"' in log and '"task": "acme/topic"' in log
+    assert "secret-0123456789" not in log

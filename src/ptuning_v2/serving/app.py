@@ -1,9 +1,10 @@
 """The HTTP API of ``ptv2 serve``: many tasks on one backbone, requests batched across tasks.
 
 A dispatcher on the event loop collects the requests that arrive within ``max_wait_ms`` of the first
-one (for any tasks, up to ``max_batch_size`` inputs) and hands them as one mixed-task batch to a single
-model thread, so the event loop never waits on the model and the model never runs two batches at once.
-Tasks are loaded and removed on a loader thread meanwhile (``store.TaskLoader``); with ``--store``
+one (for any tasks, up to ``max_batch_size`` inputs) and hands them as one mixed-task batch to a free
+model thread, so the event loop never waits on the model. On an encoder backbone ``model_threads``
+batches run at once (one thread's Python between passes overlaps another's pass); generation runs one
+batch at a time (its sampling draws from torch's one global random generator). Tasks are loaded and removed on a loader thread meanwhile (``store.TaskLoader``); with ``--store``
 they are loaded on demand into a bounded cache (``store.TaskCache``). The queue of waiting requests is
 bounded (503 when full); on shutdown every accepted request is answered before the model thread ends.
 
@@ -54,7 +55,7 @@ class Pending:
 
 
 class Dispatcher:
-    """The bounded queue, the batching loop and the one model thread."""
+    """The bounded queue, the batching loop and the model threads."""
 
     def __init__(self, multi: MultiPromptModel, config: ServeConfig) -> None:
         self.multi = multi
@@ -62,27 +63,45 @@ class Dispatcher:
         self.queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self.in_flight = 0
         """Requests accepted and not answered yet (queued, waiting for their batch, or running)."""
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptv2-model")
+        self.threads = config.model_threads if multi.kind == "encoder" else 1
+        self.executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="ptv2-model")
         self.task: asyncio.Task | None = None
         self.closing = False
         self.batches = 0
         self.tasks_fixed: str | None = None
         self.observe_pass: Callable[[int], None] = lambda rows: None
+        self._turns = asyncio.Condition()
+        self._busy = 0
+        """Model threads given a batch."""
+        self._running: set[asyncio.Task] = set()
+        self._alone = asyncio.Lock()
+        self._waiting_alone = 0
+        """``call``s waiting for the running batches to end, or running; no new batch starts meanwhile."""
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        """Answer every accepted request, then end the loop and the model thread."""
+        """Answer every accepted request, then end the loop and the model threads."""
         self.closing = True
         await self.queue.put(None)
         if self.task is not None:
             await self.task
+        await asyncio.gather(*self._running)
         self.executor.shutdown(wait=True)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the model thread (between batches)."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        """``fn(*args)`` on a model thread, alone: running batches end first and new ones wait for it."""
+        async with self._alone:
+            async with self._turns:
+                self._waiting_alone += 1
+                await self._turns.wait_for(lambda: self._busy == 0)
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+            finally:
+                async with self._turns:
+                    self._waiting_alone -= 1
+                    self._turns.notify_all()
 
     async def predict(self, task: str, inputs: list[Any]) -> list[dict[str, Any]]:
         """The predictions of one request (or its own error), once its batch has run; 503 when
@@ -103,6 +122,8 @@ class Dispatcher:
             self.in_flight -= 1
 
     async def _loop(self) -> None:
+        """Requests wait in the queue while every model thread is busy, so a thread that frees up takes
+        all of them (up to ``max_batch_size``) as its next batch."""
         carry: Pending | None = None
         stopping = False
         while not stopping:
@@ -110,12 +131,26 @@ class Dispatcher:
             carry = None
             if first is None:
                 break
-            if first.future.done():  # its client went away while it waited
-                continue
+            async with self._turns:
+                await self._turns.wait_for(lambda: not self._waiting_alone and self._busy < self.threads)
+                self._busy += 1
             group = [first]
             if self.config.batching:
                 group, carry, stopping = await self._collect(first)
-            await self._run(group)
+            for part in self._share(group):
+                running = asyncio.get_running_loop().create_task(self._run(part))
+                self._running.add(running)
+                running.add_done_callback(self._running.discard)
+
+    def _share(self, group: list[Pending]) -> list[list[Pending]]:
+        """``group`` split over model threads that are idle (claimed here), each part at least a thread's
+        share of the requests in flight: requests that arrive together then run side by side, and their
+        answers go back while the other thread computes, not in one burst that leaves both threads idle."""
+        share = max(1, math.ceil(self.in_flight / self.threads))
+        parts = 1 if self._waiting_alone else min(self.threads - self._busy + 1, len(group) // share)
+        parts = max(parts, 1)
+        self._busy += parts - 1
+        return [group[len(group) * k // parts : len(group) * (k + 1) // parts] for k in range(parts)]
 
     async def _collect(self, first: Pending) -> tuple[list[Pending], Pending | None, bool]:
         """``first`` and the requests that arrive within ``max_wait_ms`` of it, up to ``max_batch_size``
@@ -137,8 +172,6 @@ class Dispatcher:
                     break
             if item is None:
                 return group, None, True
-            if item.future.done():
-                continue
             if size + len(item.request.inputs) > self.config.max_batch_size:
                 return group, item, False
             group.append(item)
@@ -146,10 +179,22 @@ class Dispatcher:
         return group, None, False
 
     async def _run(self, group: list[Pending]) -> None:
+        """One batch on a model thread; each request gets its answer or its own error."""
+        group = [p for p in group if not p.future.done()]  # their clients went away while they waited
+        try:
+            if group:
+                await self._answer(group)
+        finally:
+            async with self._turns:
+                self._busy -= 1
+                self._turns.notify_all()
+
+    async def _answer(self, group: list[Pending]) -> None:
         self.batches += 1
         requests = [p.request for p in group]
         try:
-            results = await self.call(
+            results = await asyncio.get_running_loop().run_in_executor(
+                self.executor,
                 predict_requests,
                 self.multi,
                 requests,

@@ -75,13 +75,14 @@ def predict_requests(
     their own task model. ``on_pass`` sees the rows of each shared pass (or generate call)."""
     results: list[list[dict[str, Any]] | Exception | None] = [None] * len(requests)
     live: list[int] = []
-    for i, request in enumerate(requests):
-        try:
-            request.entry = multi.entry(request.task)
-            request.features = featurize(request.entry, request.inputs, refuse_overlong)
-            live.append(i)
-        except Exception as exc:  # this request's own error, answered alone
-            results[i] = exc
+    with multi.tokenizing:
+        for i, request in enumerate(requests):
+            try:
+                request.entry = multi.entry(request.task)
+                request.features = featurize(request.entry, request.inputs, refuse_overlong)
+                live.append(i)
+            except Exception as exc:  # this request's own error, answered alone
+                results[i] = exc
     mixed = [i for i in live if mixable(requests[i].entry)]
     run_mixed(multi, [requests[i] for i in mixed], max_rows, on_pass)
     generative = [i for i in live if requests[i].entry.task.backbone_kind != "encoder"]
@@ -97,14 +98,15 @@ def predict_requests(
         for i in indices:
             requests[i].outputs = outputs[done : done + len(requests[i].features)]
             done += len(requests[i].features)
-    for i in live:
-        request = requests[i]
-        try:
-            results[i] = request.entry.task.decode_predictions(
-                request.inputs, request.features, request.outputs
-            )
-        except Exception as exc:
-            results[i] = exc
+    with multi.tokenizing:
+        for i in live:
+            request = requests[i]
+            try:
+                results[i] = request.entry.task.decode_predictions(
+                    request.inputs, request.features, request.outputs
+                )
+            except Exception as exc:
+                results[i] = exc
     return results  # type: ignore[return-value]
 
 

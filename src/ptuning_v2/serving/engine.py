@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
+import torch
 from fastapi import HTTPException, Request
 
 from ptuning_v2.serving.auth import KeyRing
@@ -24,6 +25,10 @@ class ServeConfig:
     """Inputs per mixed-task batch (a request with more inputs still runs, alone)."""
     max_wait_ms: float = 5.0
     """How long the first request of a batch waits for others."""
+    model_threads: int = 2
+    """Batches that run at once on an encoder backbone (generation: one). On a CPU, ``ptv2 serve`` splits
+    torch's threads between them (``split_cpu_threads``): one batch's Python work between passes then
+    overlaps another's pass instead of leaving cores idle."""
     max_queue: int = 1024
     """Requests accepted and not yet answered; one more is answered 503."""
     max_inputs: int = 64
@@ -46,6 +51,14 @@ class ServeConfig:
     """Write the inputs themselves into the access log (off: only their count)."""
     max_tokens: int = 1024
     """The most new tokens an OpenAI-compatible request may ask for (``max_tokens``; 400 past it)."""
+
+
+def split_cpu_threads(multi: MultiPromptModel, config: ServeConfig) -> int:
+    """On a CPU, an equal share of torch's threads for each batch that runs at once (``model_threads``);
+    process-wide, so ``ptv2 serve`` calls it and ``create_app`` does not. Returns torch's threads now."""
+    if multi.device.type == "cpu" and multi.kind == "encoder" and config.model_threads > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // config.model_threads))
+    return torch.get_num_threads()
 
 
 class Engine(Protocol):

@@ -6,8 +6,8 @@ Each server mode starts its own server process (same checkpoints, same limits bu
 warms it up, then ``clients`` closed-loop clients (``LeanConnection``) send ``requests`` one-input requests
 between them (tasks in turn), stopping early at ``max_seconds``. The offline modes (``Offline``) are what
 the server's work costs without serving it: the same requests through ``predict_requests`` in this process
-(tokenising, ``MultiPromptModel.run`` and decoding; no HTTP), in sorted batches of the server's batch size,
-or in the shape of the server's own batches. The batching server runs ``rounds`` times, each between two
+(tokenising, ``MultiPromptModel.run`` and decoding; no HTTP), in sorted batches of the server's batch size
+one at a time, or in the shape of the server's own batches on as many threads as its model threads. The batching server runs ``rounds`` times, each between two
 offline runs, since the machine's speed drifts. The expected answer of every (task, input) is what ``ptv2
 predict`` gives for that input alone; an answer matches when its labels, spans and texts are equal and its
 scores agree to ``1e-4`` (a row's float rounding may move with the batch it shares).
@@ -26,12 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import torch
 
 from ptuning_v2.checkpoint import TrainedCheckpoint
 from ptuning_v2.data import load_builtin
@@ -260,20 +262,29 @@ class Offline:
             for name, i in todo
         ]
 
-    def run(self, jobs: list[tuple[str, int]], group: int | None = None) -> dict[str, Any]:
+    def run(self, jobs: list[tuple[str, int]], group: int | None = None, threads: int = 1) -> dict[str, Any]:
         """All ``jobs`` at once (rows sorted by length, ``batch_size`` rows per backbone pass), or with
-        ``group``, ``group`` requests at a time in the order they were sent (the server's batches' shape)."""
+        ``group``, ``group`` requests at a time in the order they were sent (the server's batches' shape),
+        on ``threads`` threads that share torch's threads as ``ptv2 serve``'s model threads do."""
         passes: list[int] = []
-        started = time.perf_counter()
         todo, step = self.requests(jobs), group or len(jobs)
-        results = [
-            result
-            for start in range(0, len(todo), step)
-            for result in predict_requests(
-                self.multi, todo[start : start + step], self.batch_size, on_pass=passes.append
-            )
-        ]
-        seconds = time.perf_counter() - started
+        groups = [todo[start : start + step] for start in range(0, len(todo), step)]
+        answers: list[list] = [[] for _ in groups]
+
+        def work(first: int) -> None:
+            for g in range(first, len(groups), threads):
+                answers[g] = predict_requests(self.multi, groups[g], self.batch_size, on_pass=passes.append)
+
+        cores = torch.get_num_threads()
+        torch.set_num_threads(max(1, cores // threads))
+        started = time.perf_counter()
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(work, range(threads)))
+        finally:
+            seconds = time.perf_counter() - started
+            torch.set_num_threads(cores)
+        results = [result for answer in answers for result in answer]
         lost = [j for j, result in enumerate(results) if isinstance(result, Exception)]
         wrong = [
             j
@@ -383,16 +394,18 @@ def run_load_test(
     batch_size: int = 32,
     input_tokens: int | None = None,
     rounds: int = 3,
+    model_threads: int = 2,
 ) -> dict[str, Any]:
     """Both server modes and the offline ones; writes ``load.json`` and ``load.md`` in ``output_dir``.
-    ``batch_size`` is the server's ``--max-batch-size``, the offline batches' size; the batching server
-    answers ``requests`` requests ``rounds`` times."""
+    ``batch_size`` is the server's ``--max-batch-size``, the offline batches' size; ``model_threads`` the
+    server's; the batching server answers ``requests`` requests ``rounds`` times."""
     output_dir.mkdir(parents=True, exist_ok=True)
     inputs = {name: sample_inputs(path, inputs_per_task, input_tokens) for name, path in checkpoints.items()}
     expected = expected_answers(checkpoints, inputs)
     names = list(checkpoints)
     jobs = [(names[j % len(names)], (j // len(names)) % inputs_per_task) for j in range(requests)]
-    base = ["--prompts", *checkpoints.values(), "--names", *names, *(server_args or [])]
+    base = ["--prompts", *checkpoints.values(), "--names", *names, "--model-threads", str(model_threads)]
+    base += server_args or []
     logs = Path(tempfile.mkdtemp(prefix="ptv2-serve-bench-"))  # the servers' own output, for a failure
     # The machine's speed drifts by tens of percent within a minute: the batching server is measured in
     # `rounds` parts, each between two offline runs (sorted) and followed by one in its own batches' shape.
@@ -410,9 +423,8 @@ def run_load_test(
                 )
                 part["batches"] = httpx.get(f"{url}/health").json()["batches"] - before
                 served.append(part)
-                shaped_runs.append(
-                    reference.run(jobs, group=max(1, round(part["answered"] / max(part["batches"], 1))))
-                )
+                shape = max(1, round(part["answered"] / max(part["batches"], 1)))
+                shaped_runs.append(reference.run(jobs, group=shape, threads=model_threads))
                 sorted_runs.append(reference.run(jobs))
     finally:
         reference.close()
@@ -447,6 +459,7 @@ def run_load_test(
         "requests": requests,
         "rounds": rounds,
         "input_tokens": input_tokens,
+        "model_threads": model_threads,
         "max_seconds": max_seconds,
         "server_args": server_args or [],
         "cpu_count": os.cpu_count(),
@@ -489,8 +502,10 @@ def markdown(report: dict[str, Any]) -> str:
             + f", {report['cpu_count']} CPU cores shared by server and clients. The batching server answers "
             f"them {report['rounds']} times; before and after each time, the same requests run offline: "
             "through `predict_requests` in this process with no HTTP, in sorted batches of the server's batch "
-            "size (`offline`), and in the order they were sent, in groups of the server's requests per batch "
-            "(`offline server batches`, the shape of the server's batches). Every answer is checked against "
+            "size, one at a time on all cores (`offline`), and in the order they were sent, in groups of the "
+            "server's requests per batch on as many threads as the server's "
+            f"{report.get('model_threads', 1)} model threads (`offline server batches`, the shape of the "
+            "server's batches). Every answer is checked against "
             "the task's own prediction for that input alone. Throughput per run: "
             + "; ".join(
                 f"{mode.replace('_', ' ')} " + ", ".join(f"{r:.1f}" for r in m["runs_rps"])

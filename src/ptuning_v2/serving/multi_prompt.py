@@ -135,6 +135,10 @@ class MultiPromptModel:
         self.slots = {slot.name: slot for slot in self.injector.slots}
         self.tasks: dict[str, TaskEntry] = {}
         self._lock = threading.Lock()  # adding and removing vs. reading the task table
+        self.tokenizing = threading.Lock()
+        """Held while texts become features and outputs become answers (``predict_requests``): the tasks
+        share one tokenizer, a fast tokenizer sets its truncation for each call, and a task counts its cuts
+        in ``task.report``. Padding and the passes run outside it."""
         self._buffers = RowBuffers()
 
     @classmethod

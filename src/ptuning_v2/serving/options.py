@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-access-log", action="store_true", help="no JSON access-log line per request")
     p.add_argument("--max-batch-size", type=int, default=32, help="inputs per mixed-task batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument(
+        "--model-threads",
+        type=int,
+        default=2,
+        help="batches run at once on an encoder backbone, each with a share of the CPU threads (generation: 1)",
+    )
     p.add_argument("--max-queue", type=int, default=1024, help="waiting requests before answering 503")
     p.add_argument("--max-inputs", type=int, default=64, help="inputs per request (413 past it)")
     p.add_argument("--max-input-chars", type=int, default=10_000, help="characters per input (413 past it)")
@@ -94,6 +100,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         "max_input_chars",
         "max_loaded_tasks",
         "max_tokens",
+        "model_threads",
     ):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')}: expected a positive number")
@@ -106,6 +113,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
+        model_threads=args.model_threads,
         max_queue=args.max_queue,
         max_inputs=args.max_inputs,
         max_input_chars=args.max_input_chars,

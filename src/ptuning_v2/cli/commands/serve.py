@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ptuning_v2.serving.app import create_app
+    from ptuning_v2.serving.engine import split_cpu_threads
     from ptuning_v2.serving.observability import configure_access_log
     from ptuning_v2.serving.store import PromptStore, open_backbone
 
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         f"ptv2 serve: {len(multi.tasks)} task(s) {sorted(multi.tasks)}{stored} on {multi.model_name}",
         flush=True,
     )
+    split_cpu_threads(multi, config)
     configure_access_log(config.access_log)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again: a handler that does
     # nothing lets that end as a clean exit (0) rather than a death by signal.

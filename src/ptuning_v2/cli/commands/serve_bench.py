@@ -29,8 +29,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="make every text N tokens long (cut, or extended by the next)",
     )
     p.add_argument("--max-seconds", type=float, default=120.0, help="stop a mode after this long")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="times the batching server answers the requests, each between offline runs",
+    )
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--model-threads", type=int, default=2, help="the server's --model-threads")
     p.add_argument("--output-dir", default="results/serving", help="where the JSON and markdown go")
     store = p.add_argument_group("store scale (ptv2 serve --store)")
     store.add_argument(
@@ -49,12 +56,21 @@ def run(args: argparse.Namespace) -> int:
     if args.names is not None and len(args.names) != len(args.prompts):
         raise ConfigError(f"--names: {len(args.names)} names for {len(args.prompts)} --prompts folders")
     names = args.names or [task_name(Path(p)) for p in args.prompts]
-    for flag in ("clients", "requests", "inputs_per_task", "max_loaded_tasks", "input_tokens"):
+    for flag in (
+        "clients",
+        "requests",
+        "inputs_per_task",
+        "max_loaded_tasks",
+        "input_tokens",
+        "model_threads",
+        "rounds",
+    ):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')}: expected a positive number")
     command = "ptv2 serve-bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["serve-bench"] else [])
     server_args = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
     if args.store_tasks is not None:
+        server_args += ["--model-threads", str(args.model_threads)]
         return run_store(args, dict(zip(names, args.prompts, strict=True)), server_args, command)
     report = run_load_test(
         dict(zip(names, args.prompts, strict=True)),
@@ -67,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         command=command,
         batch_size=args.max_batch_size,
         input_tokens=args.input_tokens,
+        model_threads=args.model_threads,
+        rounds=args.rounds,
     )
     keys = ("throughput_ratio", "p99_ratio", "server_vs_offline", "all_correct")
     print(json.dumps({k: report[k] for k in keys}))

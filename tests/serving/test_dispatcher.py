@@ -1,0 +1,113 @@
+"""The dispatcher's model threads, with the model replaced by a recorder: requests that arrive together are
+shared over the idle threads and run at once, a ``call`` (a text-initialised load, a generation) runs
+alone, a generation backbone runs one batch at a time, and ``ptv2 serve`` splits the CPU threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ptuning_v2.serving import app
+from ptuning_v2.serving.app import Dispatcher
+from ptuning_v2.serving.engine import ServeConfig, split_cpu_threads
+
+
+class Recorder:
+    """Stands in for ``predict_requests``: records each batch's size and how many batches overlap."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.sizes: list[int] = []
+        self.running = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, multi, requests, max_rows, refuse_overlong=False, on_pass=None) -> list:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.sizes.append(len(requests))
+        time.sleep(self.seconds)
+        with self.lock:
+            self.running -= 1
+        return [[{"task": r.task, "input": r.inputs[0]}] for r in requests]
+
+
+def backbone(kind: str = "encoder") -> SimpleNamespace:
+    return SimpleNamespace(kind=kind, device=torch.device("cpu"))
+
+
+async def answer_all(dispatcher: Dispatcher, count: int) -> list:
+    dispatcher.start()
+    try:
+        return await asyncio.gather(*(dispatcher.predict("t", [i]) for i in range(count)))
+    finally:
+        await dispatcher.stop()
+
+
+def test_requests_arriving_together_are_shared_over_the_model_threads(monkeypatch) -> None:
+    recorder = Recorder(seconds=0.2)
+    monkeypatch.setattr(app, "predict_requests", recorder)
+    dispatcher = Dispatcher(backbone(), ServeConfig(model_threads=2, max_wait_ms=50))
+    answers = asyncio.run(answer_all(dispatcher, 16))
+    assert answers == [[{"task": "t", "input": i}] for i in range(16)]  # each its own answer, in order
+    assert recorder.sizes == [8, 8] and recorder.most == 2
+
+
+def test_one_model_thread_runs_one_batch(monkeypatch) -> None:
+    recorder = Recorder(seconds=0.05)
+    monkeypatch.setattr(app, "predict_requests", recorder)
+    dispatcher = Dispatcher(backbone(), ServeConfig(model_threads=1, max_wait_ms=50))
+    asyncio.run(answer_all(dispatcher, 16))
+    assert recorder.sizes == [16] and recorder.most == 1
+
+
+def test_a_generation_backbone_runs_one_batch_at_a_time() -> None:
+    assert Dispatcher(backbone("causal_lm"), ServeConfig(model_threads=4)).threads == 1
+    assert Dispatcher(backbone("encoder"), ServeConfig(model_threads=4)).threads == 4
+
+
+def test_a_call_runs_alone(monkeypatch) -> None:
+    """A call waits for the running batches, and a batch that arrives meanwhile waits for the call."""
+    recorder = Recorder(seconds=0.2)
+    monkeypatch.setattr(app, "predict_requests", recorder)
+    dispatcher = Dispatcher(backbone(), ServeConfig(model_threads=2, max_wait_ms=1))
+    seen: list[int] = []
+
+    def alone() -> str:
+        seen.append(recorder.running)
+        time.sleep(0.2)
+        seen.append(recorder.running)
+        return "done"
+
+    async def scenario() -> list:
+        dispatcher.start()
+        first = [asyncio.ensure_future(dispatcher.predict("t", [i])) for i in range(4)]
+        await asyncio.sleep(0.05)  # the first batches are running
+        call = asyncio.ensure_future(dispatcher.call(alone))
+        await asyncio.sleep(0.01)
+        later = asyncio.ensure_future(dispatcher.predict("t", [9]))
+        results = await asyncio.gather(*first, call, later)
+        await dispatcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert results[4] == "done" and seen == [0, 0]
+    assert recorder.most <= 2 and len(recorder.sizes) >= 2
+
+
+@pytest.mark.parametrize(
+    "kind, threads, expected", [("encoder", 2, 1), ("causal_lm", 2, 2), ("encoder", 1, 2)]
+)
+def test_serve_splits_the_cpu_threads_for_encoder_batches(kind, threads, expected) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert split_cpu_threads(backbone(kind), ServeConfig(model_threads=threads)) == expected
+    finally:
+        torch.set_num_threads(before)
