@@ -95,6 +95,16 @@ def test_mixed_batch_rows_equal_each_task_alone(encoder_tasks: dict[str, Path], 
     assert a[0]["logits"].shape != a[1]["logits"].shape or not torch.allclose(a[0]["logits"], a[1]["logits"])
 
 
+def test_served_prompts_are_a_detached_snapshot(encoder_tasks: dict[str, Path]) -> None:
+    """A served task's prompts are read once and carry no gradient, so a delivery works with grad mode on."""
+    multi = MultiPromptModel.from_checkpoints({n: encoder_tasks[n] for n in ("sentiment", "topic")})
+    prompts = multi.tasks["sentiment"].prompts
+    assert prompts and not any(p.requires_grad for p in prompts.values())
+    assert torch.is_grad_enabled()
+    delivery = multi.delivery(["sentiment", "topic", "sentiment"])
+    assert delivery.prompts  # gathered per row, outside no_grad
+
+
 def test_linear_heads_of_a_mixed_batch_run_as_one_product(
     encoder_tasks: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

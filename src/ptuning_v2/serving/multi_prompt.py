@@ -59,9 +59,11 @@ class TaskEntry:
     def prompts(self) -> dict[str, torch.Tensor]:
         """``[length, width]`` per prompted slot (none for a linear probe), as they are when first asked
         for (``MultiPromptModel.add`` asks): a loaded task is served, not trained, and a batch of 32 tasks
-        must not ask each one again."""
+        must not ask each one again. Detached: a prompt without reparameterisation is the parameter itself."""
+        if self.encoder is None:
+            return {}
         with torch.no_grad():
-            return self.encoder.prompt() if self.encoder is not None else {}
+            return {slot: prompt.detach() for slot, prompt in self.encoder.prompt().items()}
 
     def key_value(self, slot: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The keys and the values of the prompt on ``slot`` (views: a prompt row is its keys, then its
