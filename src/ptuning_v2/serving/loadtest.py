@@ -7,10 +7,11 @@ warms it up, then ``clients`` closed-loop clients (``LeanConnection``) send ``re
 between them (tasks in turn), stopping early at ``max_seconds``. The offline modes (``Offline``) are what
 the server's work costs without serving it: the same requests through ``predict_requests`` in this process
 (tokenising, ``MultiPromptModel.run`` and decoding; no HTTP), in sorted batches of the server's batch size
-one at a time, or in the shape of the server's own batches on as many threads as its model threads. The batching server runs ``rounds`` times, each between two
-offline runs, since the machine's speed drifts. The expected answer of every (task, input) is what ``ptv2
-predict`` gives for that input alone; an answer matches when its labels, spans and texts are equal and its
-scores agree to ``1e-4`` (a row's float rounding may move with the batch it shares).
+one at a time, or in the shape of the server's own batches on as many threads as its model threads. The
+batching server runs ``rounds`` times, each between two offline runs, since the machine's speed drifts.
+The expected answer of every (task, input) is what ``ptv2 predict`` gives for that input alone; an answer
+matches when its labels, spans and texts are equal and its scores agree to ``1e-4`` (a row's float rounding
+may move with the batch it shares).
 """
 
 from __future__ import annotations
