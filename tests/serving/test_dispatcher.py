@@ -23,6 +23,8 @@ class Recorder:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.sizes: list[int] = []
+        self.events: list = []
+        """Each batch's inputs, in the order the batches started (and whatever else a test appends)."""
         self.running = 0
         self.most = 0
         self.lock = threading.Lock()
@@ -32,6 +34,7 @@ class Recorder:
             self.running += 1
             self.most = max(self.most, self.running)
             self.sizes.append(len(requests))
+            self.events.append(sorted(r.inputs[0] for r in requests))
         time.sleep(self.seconds)
         with self.lock:
             self.running -= 1
@@ -81,8 +84,10 @@ def test_a_call_runs_alone(monkeypatch) -> None:
 
     def alone() -> str:
         seen.append(recorder.running)
+        recorder.events.append("call")
         time.sleep(0.2)
         seen.append(recorder.running)
+        recorder.events.append("call ended")
         return "done"
 
     async def scenario() -> list:
@@ -98,7 +103,9 @@ def test_a_call_runs_alone(monkeypatch) -> None:
 
     results = asyncio.run(scenario())
     assert results[4] == "done" and seen == [0, 0]
-    assert recorder.most <= 2 and len(recorder.sizes) >= 2
+    first_two, after = recorder.events[:2], recorder.events[2:]
+    assert sorted(first_two) == [[0, 1], [2, 3]]  # side by side
+    assert after == ["call", "call ended", [9]]  # then the call alone, then the batch that came meanwhile
 
 
 @pytest.mark.parametrize(

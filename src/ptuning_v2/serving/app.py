@@ -4,9 +4,10 @@ A dispatcher on the event loop collects the requests that arrive within ``max_wa
 one (for any tasks, up to ``max_batch_size`` inputs) and hands them as one mixed-task batch to a free
 model thread, so the event loop never waits on the model. On an encoder backbone ``model_threads``
 batches run at once (one thread's Python between passes overlaps another's pass); generation runs one
-batch at a time (its sampling draws from torch's one global random generator). Tasks are loaded and removed on a loader thread meanwhile (``store.TaskLoader``); with ``--store``
-they are loaded on demand into a bounded cache (``store.TaskCache``). The queue of waiting requests is
-bounded (503 when full); on shutdown every accepted request is answered before the model thread ends.
+batch at a time (its sampling draws from torch's one global random generator). Tasks are loaded and
+removed on a loader thread meanwhile (``store.TaskLoader``); with ``--store`` they are loaded on demand
+into a bounded cache (``store.TaskCache``). The queue of waiting requests is bounded (503 when full); on
+shutdown every accepted request is answered before the model threads end.
 
 Every route that names a task goes through one resolver, ``task_for`` (inside ``create_app``): it
 checks the caller's API key may see the task (404 otherwise, as for a task that does not exist),
@@ -147,8 +148,7 @@ class Dispatcher:
         share of the requests in flight: requests that arrive together then run side by side, and their
         answers go back while the other thread computes, not in one burst that leaves both threads idle."""
         share = max(1, math.ceil(self.in_flight / self.threads))
-        parts = 1 if self._waiting_alone else min(self.threads - self._busy + 1, len(group) // share)
-        parts = max(parts, 1)
+        parts = 1 if self._waiting_alone else max(1, min(self.threads - self._busy + 1, len(group) // share))
         self._busy += parts - 1
         return [group[len(group) * k // parts : len(group) * (k + 1) // parts] for k in range(parts)]
 
@@ -172,6 +172,8 @@ class Dispatcher:
                     break
             if item is None:
                 return group, None, True
+            if item.future.done():  # its client went away while it waited
+                continue
             if size + len(item.request.inputs) > self.config.max_batch_size:
                 return group, item, False
             group.append(item)
@@ -180,7 +182,7 @@ class Dispatcher:
 
     async def _run(self, group: list[Pending]) -> None:
         """One batch on a model thread; each request gets its answer or its own error."""
-        group = [p for p in group if not p.future.done()]  # their clients went away while they waited
+        group = [p for p in group if not p.future.done()]  # clients that went away while their batch formed
         try:
             if group:
                 await self._answer(group)
