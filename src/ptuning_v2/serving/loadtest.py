@@ -39,6 +39,7 @@ import torch
 from ptuning_v2.checkpoint import TrainedCheckpoint
 from ptuning_v2.data import load_builtin
 from ptuning_v2.serving.batching import Request, predict_requests
+from ptuning_v2.serving.engine import ServeConfig, split_cpu_threads
 from ptuning_v2.serving.multi_prompt import MultiPromptModel
 from ptuning_v2.utils.io import finite, write_json_atomic, write_text_atomic
 
@@ -277,7 +278,7 @@ class Offline:
                 answers[g] = predict_requests(self.multi, groups[g], self.batch_size, on_pass=passes.append)
 
         cores = torch.get_num_threads()
-        torch.set_num_threads(max(1, cores // threads))
+        split_cpu_threads(self.multi, ServeConfig(model_threads=threads))
         started = time.perf_counter()
         try:
             with ThreadPoolExecutor(threads) as pool:
