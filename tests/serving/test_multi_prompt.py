@@ -95,14 +95,16 @@ def test_mixed_batch_rows_equal_each_task_alone(encoder_tasks: dict[str, Path], 
     assert a[0]["logits"].shape != a[1]["logits"].shape or not torch.allclose(a[0]["logits"], a[1]["logits"])
 
 
-def test_served_prompts_are_a_detached_snapshot(encoder_tasks: dict[str, Path]) -> None:
-    """A served task's prompts are read once and carry no gradient, so a delivery works with grad mode on."""
+def test_served_prompts_are_held_once_in_the_bank(encoder_tasks: dict[str, Path]) -> None:
+    """A task's prompt parameters view its rows of the bank (no second copy), and a delivery works with
+    grad mode on: what it gathers carries no gradient."""
     multi = MultiPromptModel.from_checkpoints({n: encoder_tasks[n] for n in ("sentiment", "topic")})
-    prompts = multi.tasks["sentiment"].prompts
-    assert prompts and not any(p.requires_grad for p in prompts.values())
+    tables = {table.untyped_storage().data_ptr() for table in multi.bank.tables.values()}
+    params = multi.tasks["sentiment"].encoder.prompt.prompts.values()
+    assert params and all(p.untyped_storage().data_ptr() in tables for p in params)
     assert torch.is_grad_enabled()
     delivery = multi.delivery(["sentiment", "topic", "sentiment"])
-    assert delivery.prompts  # gathered per row, outside no_grad
+    assert delivery.prompts and not any(p.key.requires_grad for p in delivery.prompts.values())
 
 
 def test_linear_heads_of_a_mixed_batch_run_as_one_product(

@@ -7,16 +7,15 @@ of all the batch's tasks as one product).
 
 Prompts of different lengths share a batch by padding each layer's prefix to the longest one and
 masking the unused positions per row (a task with no prompt at some layer has every position there
-masked), so a row's result does not depend on its neighbours.
+masked), so a row's result does not depend on its neighbours. The loaded prompts live in a
+``PromptBank``, rows of one table per slot, from which a batch gathers its rows' prompts in one op.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from ptuning_v2.injection.attention import PROMPTS_KWARG, Delivery, PrefixInject
 from ptuning_v2.methods import backbone_sharing_methods
 from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
 from ptuning_v2.prompts.model import DeepPromptModel, decoder_positions
+from ptuning_v2.serving.prompt_bank import PromptBank
 from ptuning_v2.tasks.base import Task, encoder_inputs, get_task, heads_by_row
 from ptuning_v2.trained.model import attach_trained
 
@@ -48,31 +48,11 @@ class TaskEntry:
     model: nn.Module
     checkpoint: Path
     meta: dict[str, Any]
-    _key_values: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict, repr=False)
 
     @property
     def encoder(self) -> DeepPromptModel | None:
         encoder = getattr(self.model, "encoder", None)
         return encoder if isinstance(encoder, DeepPromptModel) else None
-
-    @cached_property
-    def prompts(self) -> dict[str, torch.Tensor]:
-        """``[length, width]`` per prompted slot (none for a linear probe), as they are when first asked
-        for (``MultiPromptModel.add`` asks): a loaded task is served, not trained, and a batch of 32 tasks
-        must not ask each one again. Detached: a prompt without reparameterisation is the parameter itself."""
-        if self.encoder is None:
-            return {}
-        with torch.no_grad():
-            return {slot: prompt.detach() for slot, prompt in self.encoder.prompt().items()}
-
-    def key_value(self, slot: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The keys and the values of the prompt on ``slot`` (views: a prompt row is its keys, then its
-        values); None where the task has no prompt."""
-        if slot not in self._key_values:
-            prompt = self.prompts.get(slot)
-            halves = None if prompt is None else prompt.split(prompt.shape[-1] // 2, dim=-1)
-            self._key_values[slot] = halves
-        return self._key_values[slot]
 
     @property
     def prompt_length(self) -> int:
@@ -95,27 +75,6 @@ def check_task_name(name: str) -> None:
         )
 
 
-class RowBuffers(threading.local):
-    """Each thread's memory for the per-row prompts of mixed-task batches, kept from batch to batch: on a
-    CPU, fresh memory for every batch (about 18 MB at 32 tasks on MiniLM) cost more than gathering into it."""
-
-    def __init__(self) -> None:
-        self.storage: dict[tuple[str, int], torch.Tensor] = {}
-
-    def take(self, key: tuple[str, int], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """An uninitialised ``shape`` tensor of ``like``'s dtype and device, in the memory kept for ``key``."""
-        size = math.prod(shape)
-        buffer = self.storage.get(key)
-        if (
-            buffer is None
-            or buffer.numel() < size
-            or (buffer.dtype, buffer.device) != (like.dtype, like.device)
-        ):
-            with torch.inference_mode(False):  # writable by later batches, under no_grad or inference_mode
-                buffer = self.storage[key] = torch.empty(size, dtype=like.dtype, device=like.device)
-        return buffer[:size].view(shape)
-
-
 def _task_name(directory: Path) -> str:
     """``runs/sentiment/checkpoint`` -> ``sentiment``; any other folder -> its own name."""
     return directory.parent.name if directory.name == "checkpoint" else directory.name
@@ -136,12 +95,12 @@ class MultiPromptModel:
         self.injector = PrefixInjector(backbone, ["self", "decoder_self", "cross"])
         self.slots = {slot.name: slot for slot in self.injector.slots}
         self.tasks: dict[str, TaskEntry] = {}
-        self._lock = threading.Lock()  # adding and removing vs. reading the task table
+        self._lock = threading.Lock()  # adding and removing vs. reading the task table and the bank
         self.tokenizing = threading.Lock()
         """Held while texts become features and outputs become answers (``predict_requests``): the tasks
         share one tokenizer, a fast tokenizer sets its truncation for each call, and a task counts its cuts
         in ``task.report``. Padding and the passes run outside it."""
-        self._buffers = RowBuffers()
+        self.bank = PromptBank()
 
     @classmethod
     def from_checkpoints(
@@ -189,8 +148,10 @@ class MultiPromptModel:
         if entry.encoder is not None and entry.encoder.prompt_config.mode != "prefix":
             entry.encoder.remove()
             raise CheckpointError(f"{directory}: mixed-task batches need prompts in prompt.mode 'prefix'")
-        entry.prompts  # noqa: B018  (read once here, on the loading thread, not in the first batch)
+        with torch.no_grad():
+            prompts = entry.encoder.prompt.raw() if entry.encoder is not None else {}
         with self._lock:
+            self.bank.put(name, prompts)
             self.kind = kind
             self.tasks[name] = entry
         return entry
@@ -213,6 +174,7 @@ class MultiPromptModel:
         with self._lock:
             entry = self.entry(name)
             del self.tasks[name]
+            self.bank.drop(name)
         if entry.encoder is not None:
             entry.encoder.remove()
 
@@ -223,39 +185,17 @@ class MultiPromptModel:
             raise UnknownTaskError(f"unknown task {name!r}; loaded: {sorted(self.tasks)}") from None
 
     def delivery(self, tasks: Sequence[str]) -> Delivery:
-        """Per-row prefixes for a batch whose row ``i`` belongs to ``tasks[i]``: each slot's keys and values
-        are gathered by row into this thread's reused buffers (so a delivery holds until this thread asks
-        for the next one), padded with zeros to the longest task's prompt; the unused positions of each row
-        are masked out (no mask where every task fills the slot)."""
-        entries = {name: self.entry(name) for name in dict.fromkeys(tasks)}
-        prompts = {name: entry.prompts for name, entry in entries.items()}
-        if len(prompts) == 1:
-            return self.injector.deliver(next(iter(prompts.values())))
-        per_row, masks = {}, {}
-        for slot in dict.fromkeys(s for p in prompts.values() for s in p):
-            lengths = {name: p[slot].shape[0] if slot in p else 0 for name, p in prompts.items()}
-            longest = max(lengths.values())
-            reference = next(p[slot] for p in prompts.values() if slot in p)
-            pairs = {name: entry.key_value(slot) for name, entry in entries.items()}
-            gathered = []
-            for part in (0, 1):  # keys, then values
-                shape = (len(tasks), longest, reference.shape[-1] // 2)
-                rows = self._buffers.take((slot, part), shape, reference)
-                if min(lengths.values()) == longest:  # one copy, row by row
-                    torch.stack([pairs[t][part] for t in tasks], out=rows)
-                else:  # zeros, then each row's prompt into it (no padded copy of any prompt)
-                    rows.zero_()
-                    for i, name in enumerate(tasks):
-                        if pairs[name] is not None:
-                            rows[i, : lengths[name]].copy_(pairs[name][part])
-                gathered.append(rows)
-            per_row[slot] = tuple(gathered)
-            if min(lengths.values()) < longest:
-                positions = torch.arange(longest, device=reference.device)
-                masks[slot] = (
-                    positions < torch.tensor([lengths[t] for t in tasks], device=reference.device)[:, None]
-                )
-        return self.injector.deliver(per_row, masks)
+        """Per-row prefixes for a batch whose row ``i`` belongs to ``tasks[i]``: one task's prompt is copied
+        once and shared by every row; the prompts of several are gathered by row from the bank into this
+        thread's reused buffers (so a delivery holds until this thread asks for the next one), with the
+        unused positions of rows whose prompt is shorter masked out."""
+        names = list(dict.fromkeys(tasks))
+        with self._lock:  # no task's rows change hands while they are copied
+            for name in names:
+                self.entry(name)
+            if len(names) == 1:
+                return self.injector.deliver(self.bank.prompts(names[0]))
+            return self.injector.deliver(*self.bank.gather(tasks))
 
     def _inputs(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str], keys: Sequence[str]) -> dict:
         inputs = {k: batch[k].to(self.device) for k in keys if k in batch}
