@@ -91,14 +91,14 @@ class TrainedCheckpoint:
     def load_into(self, model: nn.Module) -> None:
         """Copy the stored tensors into ``model``; names and shapes must match exactly."""
         path = self.directory / WEIGHTS_FILE
-        expected = trainable_state(model)
-        missing = sorted(set(expected) - set(self.tensors))
-        unexpected = sorted(set(self.tensors) - set(expected))
+        params = dict(model.named_parameters())  # one walk: a served task's model holds the whole backbone
+        expected = {name for name, p in params.items() if p.requires_grad}
+        missing = sorted(expected - set(self.tensors))
+        unexpected = sorted(set(self.tensors) - expected)
         if missing or unexpected:
             raise CheckpointError(
                 f"{path}: tensors do not match the model (missing {missing}, unexpected {unexpected})"
             )
-        params = dict(model.named_parameters())
         with torch.no_grad():
             for name, tensor in self.tensors.items():
                 if tuple(tensor.shape) != tuple(params[name].shape):

@@ -159,6 +159,24 @@ def test_add_and_remove_at_run_time(
     assert not hasattr(backbone, "_ptv2_installs")
 
 
+def test_a_delivery_outlives_its_task_and_its_rows_reused(encoder_tasks: dict[str, Path]) -> None:
+    """A batch's prompts are copies: removing its task and loading another into the freed rows of the bank
+    while the batch runs changes nothing the batch reads, and the removed task's model keeps its prompt."""
+    multi = MultiPromptModel.from_checkpoints({n: encoder_tasks[n] for n in ("sentiment", "averaged")})
+    one = multi.delivery(["sentiment"] * 4).prompts
+    mixed = multi.delivery(["sentiment", "averaged", "sentiment", "averaged"]).prompts
+    read = {slot: (one[slot].key.clone(), mixed[slot].key.clone()) for slot in one}
+    removed = multi.tasks["sentiment"].encoder.prompt.prompts
+    own = {slot: p.detach().clone() for slot, p in removed.items()}
+    multi.remove("sentiment")
+    multi.add("again", encoder_tasks["averaged"])  # same shapes: into the rows "sentiment" had
+    assert {row for _, row in multi.bank.places["again"].values()} == {0}
+    for slot, (one_key, mixed_key) in read.items():
+        assert torch.equal(one[slot].key, one_key) and torch.equal(mixed[slot].key, mixed_key)
+    for slot, prompt in removed.items():
+        assert torch.equal(prompt.detach(), own[slot])
+
+
 @pytest.fixture(scope="module")
 def decoder_tasks(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("decoder_tasks")

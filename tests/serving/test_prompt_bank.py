@@ -68,3 +68,17 @@ def test_a_dropped_task_keeps_its_prompt_and_its_row_is_reused() -> None:
     torch.testing.assert_close(first["self_0"].detach(), kept, rtol=0, atol=0)  # its own copy again
     torch.testing.assert_close(alone, kept, rtol=0, atol=0)  # a batch's copy is not the row
     assert "first" not in bank.places
+
+
+def test_a_row_freed_while_a_copy_runs_is_not_reused_until_it_ends() -> None:
+    """A batch copies its prompts without holding off loads; the rows it reads stay as they are meanwhile."""
+    bank = PromptBank()
+    bank.put("old", prompts(0, {"self_0": 3}))
+    with bank._reading(["old"]) as (places, tables):  # a copy under way on another thread
+        bank.drop("old")
+        bank.put("new", prompts(1, {"self_0": 3}))
+        assert bank.places["new"]["self_0"][1] == 1  # not row 0, which the copy reads
+        (key, row) = places["old"]["self_0"]
+        assert row == 0 and tables[key] is bank.tables[key]
+    bank.put("newer", prompts(2, {"self_0": 3}))
+    assert bank.places["newer"]["self_0"][1] == 0  # free again once no copy runs

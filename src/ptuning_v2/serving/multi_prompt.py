@@ -95,7 +95,7 @@ class MultiPromptModel:
         self.injector = PrefixInjector(backbone, ["self", "decoder_self", "cross"])
         self.slots = {slot.name: slot for slot in self.injector.slots}
         self.tasks: dict[str, TaskEntry] = {}
-        self._lock = threading.Lock()  # adding and removing vs. reading the task table and the bank
+        self._lock = threading.Lock()  # adding and removing vs. reading the task table
         self.tokenizing = threading.Lock()
         """Held while texts become features and outputs become answers (``predict_requests``): the tasks
         share one tokenizer, a fast tokenizer sets its truncation for each call, and a task counts its cuts
@@ -190,12 +190,14 @@ class MultiPromptModel:
         thread's reused buffers (so a delivery holds until this thread asks for the next one), with the
         unused positions of rows whose prompt is shorter masked out."""
         names = list(dict.fromkeys(tasks))
-        with self._lock:  # no task's rows change hands while they are copied
-            for name in names:
-                self.entry(name)
+        try:
             if len(names) == 1:
                 return self.injector.deliver(self.bank.prompts(names[0]))
             return self.injector.deliver(*self.bank.gather(tasks))
+        except KeyError:
+            for name in names:
+                self.entry(name)  # UnknownTaskError for the first one not loaded
+            raise
 
     def _inputs(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str], keys: Sequence[str]) -> dict:
         inputs = {k: batch[k].to(self.device) for k in keys if k in batch}

@@ -7,15 +7,17 @@ values, with one ``index_select`` of the table: on a CPU that took about a quart
 docs/multi_prompt.md). Each task's own prompt tensors (its parameters, when the prompt has no
 reparameterisation) are pointed at its rows, so a loaded prompt is held once.
 
-Not thread-safe by itself: ``MultiPromptModel`` calls it under its lock, and what it hands a batch is a
-copy, so a row freed and reused by another task meanwhile never reaches a running batch.
+Batches read the bank from several threads while a loader adds and removes tasks. What a batch gets is a
+copy, taken without holding off loads: a row a removed task frees is reused only once no copy that began
+before the removal is still running, so no batch ever reads another task's prompt.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -55,28 +57,35 @@ class PromptBank:
         """Per table, row -> the task's tensor that views it (re-pointed when the table grows)."""
         self.places: dict[str, dict[str, Place]] = {}
         self._buffers = RowBuffers()
+        self._guard = (
+            threading.Lock()
+        )  # the bookkeeping above; held for microseconds, never while copying out
+        self._readers = 0
+        self._retired: set[Place] = set()
+        """Rows freed while copies were running: reused once none is."""
 
     @torch.no_grad()
     def put(self, name: str, prompts: Mapping[str, torch.Tensor]) -> None:
         """Copy a task's ``[length, width]`` prompt per slot into free rows; each given tensor then views its
         row (give the parameters themselves, and the task's prompt is held once)."""
         places = {}
-        for slot, prompt in prompts.items():
-            key = (slot, prompt.shape[0], prompt.dtype)
-            row = self._free_row(key, prompt)
-            table = self.tables[key]
-            table[row].copy_(prompt)
-            prompt.data = table[row]
-            self.members[key][row] = prompt
-            places[slot] = (key, row)
-        self.places[name] = places
+        with self._guard:
+            for slot, prompt in prompts.items():
+                key = (slot, prompt.shape[0], prompt.dtype)
+                row = self._free_row(key, prompt)
+                table = self.tables[key]
+                table[row].copy_(prompt)
+                prompt.data = table[row]
+                self.members[key][row] = prompt
+                places[slot] = (key, row)
+            self.places[name] = places
 
     def _free_row(self, key: TableKey, like: torch.Tensor) -> int:
         """The lowest free row of ``key``'s table, doubling the table (and re-pointing its members) when full."""
         used = self.members.setdefault(key, {})
         table = self.tables.get(key)
         capacity = 0 if table is None else table.shape[0]
-        free = next((row for row in range(capacity) if row not in used), None)
+        free = next((r for r in range(capacity) if r not in used and (key, r) not in self._retired), None)
         if free is not None:
             return free
         with torch.inference_mode(False):  # the members are parameters, usable outside inference mode
@@ -91,13 +100,35 @@ class PromptBank:
     @torch.no_grad()
     def drop(self, name: str) -> None:
         """Free a task's rows; its tensors get their own copies back (a kept task model keeps its prompt)."""
-        for key, row in self.places.pop(name).values():
-            tensor = self.members[key].pop(row)
-            tensor.data = tensor.data.clone()
+        with self._guard:
+            for key, row in self.places.pop(name).values():
+                tensor = self.members[key].pop(row)
+                tensor.data = tensor.data.clone()
+                if self._readers:
+                    self._retired.add((key, row))
+
+    @contextmanager
+    def _reading(
+        self, names: Sequence[str]
+    ) -> Iterator[tuple[dict[str, dict[str, Place]], dict[TableKey, torch.Tensor]]]:
+        """The places of ``names`` (KeyError for one not in the bank) and the tables as they are now, with
+        every row they name kept from reuse until the block ends."""
+        with self._guard:
+            places = {name: self.places[name] for name in names}
+            tables = dict(self.tables)
+            self._readers += 1
+        try:
+            yield places, tables
+        finally:
+            with self._guard:
+                self._readers -= 1
+                if not self._readers:
+                    self._retired.clear()
 
     def prompts(self, name: str) -> dict[str, torch.Tensor]:
         """A copy of one task's ``[length, width]`` prompt per slot, for a batch of that task alone."""
-        return {slot: self.tables[key][row].clone() for slot, (key, row) in self.places[name].items()}
+        with self._reading([name]) as (places, tables):
+            return {slot: tables[key][row].clone() for slot, (key, row) in places[name].items()}
 
     def gather(
         self, tasks: Sequence[str]
@@ -106,20 +137,25 @@ class PromptBank:
         thread's reused buffers (a result holds until this thread gathers again), padded with zeros to the
         longest task's prompt; and, per slot where some row's prompt is shorter or absent, the ``[batch,
         length]`` mask of the positions each row uses."""
-        places = {name: self.places[name] for name in dict.fromkeys(tasks)}
+        with self._reading(list(dict.fromkeys(tasks))) as (places, tables):
+            return self._gather(tasks, places, tables)
+
+    def _gather(
+        self, tasks: Sequence[str], places: dict[str, dict[str, Place]], tables: dict[TableKey, torch.Tensor]
+    ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor]]:
         per_row, masks, indexes = {}, {}, {}
         for slot in dict.fromkeys(s for p in places.values() for s in p):
             at = {name: p.get(slot) for name, p in places.items()}
             lengths = {name: 0 if place is None else place[0][1] for name, place in at.items()}
             longest = max(lengths.values())
-            tables = {place[0] for place in at.values() if place is not None}
-            like = self.tables[next(iter(tables))]
+            used_tables = {place[0] for place in at.values() if place is not None}
+            like = tables[next(iter(used_tables))]
             width = like.shape[-1] // 2
             gathered = []
             for part in (0, 1):  # keys, then values
                 halves = slice(part * width, (part + 1) * width)
                 rows = self._buffers.take((slot, part), (len(tasks), longest, width), like)
-                if len(tables) == 1 and None not in at.values():  # every row's prompt in one table
+                if len(used_tables) == 1 and None not in at.values():  # every row's prompt in one table
                     order = tuple(at[name][1] for name in tasks)  # often the same on every slot
                     index = indexes.get(order)
                     if index is None:
@@ -130,7 +166,7 @@ class PromptBank:
                     for i, name in enumerate(tasks):
                         if at[name] is not None:
                             key, row = at[name]
-                            rows[i, : lengths[name]].copy_(self.tables[key][row, :, halves])
+                            rows[i, : lengths[name]].copy_(tables[key][row, :, halves])
                 gathered.append(rows)
             per_row[slot] = tuple(gathered)
             if min(lengths.values()) < longest:
