@@ -52,6 +52,8 @@ def encoder_tasks(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         "averaged": make_checkpoint(tiny_bert_dir, root / "averaged", "classification",  # mean pooling
                                     {"num_virtual_tokens": 8}, {"labels": ["x", "y", "z", "w"]}, 7,
                                     {"pooling": "mean"}),
+        "reparam": make_checkpoint(tiny_bert_dir, root / "reparam", "classification",  # prompts from an MLP
+                                   {"num_virtual_tokens": 8, "reparameterize": True}, {"labels": ["p", "q"]}, 8),
     }  # fmt: skip
 
 
@@ -72,6 +74,7 @@ def alone(multi: MultiPromptModel, task: str, texts: list[str]) -> torch.Tensor:
         ["answers", "entities", "sentiment", "answers"],  # extractive QA (start/end scores per token) too
         ["averaged", "topic", "sentiment", "averaged"],  # two poolings: two products of linear heads
         ["topic", "topic", "topic", "topic"],  # one task: its prompt broadcast, not gathered
+        ["reparam", "sentiment", "reparam", "averaged"],  # an MLP's prompts in the bank beside parameters
     ],
 )
 def test_mixed_batch_rows_equal_each_task_alone(encoder_tasks: dict[str, Path], tasks: list[str]) -> None:
@@ -83,7 +86,7 @@ def test_mixed_batch_rows_equal_each_task_alone(encoder_tasks: dict[str, Path], 
         expected = alone(multi, name, [TEXTS[i] for i in rows])
         assert (
             expected.shape[-1]
-            == {"sentiment": 2, "topic": 3, "entities": 5, "answers": 2, "averaged": 4}[name]
+            == {"sentiment": 2, "topic": 3, "entities": 5, "answers": 2, "averaged": 4, "reparam": 2}[name]
         )
         for j, row in enumerate(rows):
             got, want = mixed[row]["logits"], expected[j]

@@ -2,10 +2,10 @@
 
 A table per slot and prompt length holds one row per task (``[capacity, length, width]``, each row a
 prompt's keys then values). A batch whose rows come from 32 tasks gathers each slot's keys, then its
-values, with one ``index_select`` of the table: on a CPU that took about a quarter of the time of stacking
-32 tasks' prompts one tensor at a time (MiniLM, k = 32: about 5 ms of a 210 ms batch, see
-docs/multi_prompt.md). Each task's own prompt tensors (its parameters, when the prompt has no
-reparameterisation) are pointed at its rows, so a loaded prompt is held once.
+values, with one ``index_select`` of the table, where stacking the tasks' prompts one tensor at a time made
+a copy per task (on a CPU, mostly per-tensor overhead; docs/multi_prompt.md). Each task's own prompt tensors
+(its parameters, when the prompt has no reparameterisation) are pointed at its rows, so a loaded prompt is
+held once.
 
 Batches read the bank from several threads while a loader adds and removes tasks. What a batch gets is a
 copy, taken without holding off loads: a row a removed task frees is reused only once no copy that began
@@ -57,9 +57,8 @@ class PromptBank:
         """Per table, row -> the task's tensor that views it (re-pointed when the table grows)."""
         self.places: dict[str, dict[str, Place]] = {}
         self._buffers = RowBuffers()
-        self._guard = (
-            threading.Lock()
-        )  # the bookkeeping above; held for microseconds, never while copying out
+        # The bookkeeping above; held for microseconds, never while a batch copies its prompts out.
+        self._guard = threading.Lock()
         self._readers = 0
         self._retired: set[Place] = set()
         """Rows freed while copies were running: reused once none is."""
