@@ -14,6 +14,7 @@ before the removal is still running, so no batch ever reads another task's promp
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -60,8 +61,10 @@ class PromptBank:
         # The bookkeeping above; held for microseconds, never while a batch copies its prompts out.
         self._guard = threading.Lock()
         self._readers = 0
+        self._free: dict[TableKey, list[int]] = {}
+        """Per table, a heap of its free rows (the lowest is taken first)."""
         self._retired: set[Place] = set()
-        """Rows freed while copies were running: reused once none is."""
+        """Rows freed while copies were running: free once none is."""
 
     @torch.no_grad()
     def put(self, name: str, prompts: Mapping[str, torch.Tensor]) -> None:
@@ -81,12 +84,12 @@ class PromptBank:
 
     def _free_row(self, key: TableKey, like: torch.Tensor) -> int:
         """The lowest free row of ``key``'s table, doubling the table (and re-pointing its members) when full."""
+        free = self._free.setdefault(key, [])
+        if free:
+            return heapq.heappop(free)
         used = self.members.setdefault(key, {})
         table = self.tables.get(key)
         capacity = 0 if table is None else table.shape[0]
-        free = next((r for r in range(capacity) if r not in used and (key, r) not in self._retired), None)
-        if free is not None:
-            return free
         with torch.inference_mode(False):  # the members are parameters, usable outside inference mode
             grown = torch.empty(max(4, 2 * capacity), *like.shape, dtype=like.dtype, device=like.device)
         if table is not None:
@@ -94,6 +97,7 @@ class PromptBank:
         for row, tensor in used.items():
             tensor.data = grown[row]
         self.tables[key] = grown
+        free.extend(range(capacity + 1, grown.shape[0]))  # ascending: already a heap
         return capacity
 
     @torch.no_grad()
@@ -105,6 +109,8 @@ class PromptBank:
                 tensor.data = tensor.data.clone()
                 if self._readers:
                     self._retired.add((key, row))
+                else:
+                    heapq.heappush(self._free[key], row)
 
     @contextmanager
     def _reading(
@@ -122,6 +128,8 @@ class PromptBank:
             with self._guard:
                 self._readers -= 1
                 if not self._readers:
+                    for key, row in self._retired:
+                        heapq.heappush(self._free[key], row)
                     self._retired.clear()
 
     def prompts(self, name: str) -> dict[str, torch.Tensor]:
