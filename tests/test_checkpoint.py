@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import builtins
 import io
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import safetensors
 import safetensors.torch
+import torch
 from tiny_runs import sentiment_run
 from transformers import AutoModel
 
+from ptuning_v2.benchmarks.multitask import random_checkpoint
 from ptuning_v2.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, TrainedCheckpoint
 from ptuning_v2.cli.main import main
 from ptuning_v2.config import DeepPromptConfig
@@ -102,3 +105,34 @@ def test_a_folder_without_tensors_is_refused_by_name(checkpoint: Path) -> None:
     (checkpoint / WEIGHTS_FILE).unlink()
     with pytest.raises(CheckpointError, match=f"missing {WEIGHTS_FILE}"):
         TrainedCheckpoint.read(checkpoint)
+
+
+def test_loading_builds_no_initial_prompt(
+    checkpoint: Path,
+    reads: Counter[str],
+    tiny_bert_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A checkpoint's tensors replace the initial prompt at once, so a load neither reads the checkpoint a
+    prompt was transferred from (it need not exist where the task is served) nor runs the init text."""
+    source = tmp_path / "source"
+    shutil.copytree(checkpoint, source)
+    transferred = random_checkpoint(str(tiny_bert_dir), tmp_path / "transferred", "classification",
+                                    {"num_virtual_tokens": 6, "init": "checkpoint", "init_checkpoint": str(source)},
+                                    {"labels": ["neg", "pos"]})  # fmt: skip
+    from_text = random_checkpoint(str(tiny_bert_dir), tmp_path / "from_text", "classification",
+                                  {"num_virtual_tokens": 6, "init": "text", "init_text": "a fine film"},
+                                  {"labels": ["neg", "pos"]})  # fmt: skip
+    shutil.rmtree(source)
+    monkeypatch.setattr(DeepPromptModel, "init_from_text", lambda *args: pytest.fail("ran the init text"))
+    reads.clear()
+    multi = MultiPromptModel.from_checkpoints({"transferred": transferred, "from_text": from_text})
+    assert reads == once_each(transferred) + once_each(from_text)
+    for name, folder in (("transferred", transferred), ("from_text", from_text)):
+        stored = TrainedCheckpoint.read(folder).tensors
+        prompts = multi.tasks[name].encoder.prompt.prompts
+        assert prompts and all(
+            torch.equal(p, stored[f"encoder.prompt.prompts.{s}"]) for s, p in prompts.items()
+        )
+    multi.close()

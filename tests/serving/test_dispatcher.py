@@ -1,6 +1,6 @@
 """The dispatcher's model threads, with the model replaced by a recorder: requests that arrive together are
-shared over the idle threads and run at once, a ``call`` (a text-initialised load, a generation) runs
-alone, a generation backbone runs one batch at a time, and ``ptv2 serve`` splits the CPU threads."""
+shared over the idle threads and run at once, a ``call`` (a generation) runs alone, a generation backbone
+runs one batch at a time, and ``ptv2 serve`` splits the CPU threads."""
 
 from __future__ import annotations
 

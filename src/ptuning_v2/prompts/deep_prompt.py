@@ -8,12 +8,41 @@ hidden mode it is the hidden size. How the matrices reach the model is the injec
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.prompts.transfer import fit_length
+
+_FILLED_LATER: ContextVar[bool] = ContextVar("ptv2_prompts_filled_later", default=False)
+
+
+@contextmanager
+def filled_from_checkpoint() -> Iterator[None]:
+    """Prompts built in this block get no initial values: no random draw, no text run, no source checkpoint
+    read, because a checkpoint's tensors overwrite every one of them right after. A server loads tasks all
+    the time (the random draw alone was about a third of a load), and a checkpoint trained from another one
+    (``prompt.init: checkpoint``) then loads where that other one is not."""
+    token = _FILLED_LATER.set(True)
+    try:
+        yield
+    finally:
+        _FILLED_LATER.reset(token)
+
+
+def filled_later() -> bool:
+    """Inside ``filled_from_checkpoint``: skip every initialisation."""
+    return _FILLED_LATER.get()
+
+
+def _initial(shape: tuple[int, int], std: float) -> torch.Tensor:
+    """Random with ``std`` (0 for the inits that set values later: the draw keeps a run's random stream)."""
+    return torch.empty(shape) if filled_later() else torch.randn(shape) * std
 
 
 class DeepPrompt(nn.Module):
@@ -34,17 +63,18 @@ class DeepPrompt(nn.Module):
                 raise ValueError("prompt.reparameterize supports prompt.init='random' only")
             max_len = max((n for n, _ in shapes.values()), default=0)
             total_width = sum(w for _, w in shapes.values())
-            self.embedding = nn.Parameter(torch.randn(max_len, hidden_size) * config.init_std)
+            self.embedding = nn.Parameter(_initial((max_len, hidden_size), config.init_std))
+            linear = (lambda *sizes: skip_init(nn.Linear, *sizes)) if filled_later() else nn.Linear
             self.mlp = nn.Sequential(
-                nn.Linear(hidden_size, config.reparam_hidden_size),
+                linear(hidden_size, config.reparam_hidden_size),
                 nn.Tanh(),
-                nn.Linear(config.reparam_hidden_size, total_width),
+                linear(config.reparam_hidden_size, total_width),
             )
             self.prompts = nn.ParameterDict()
         else:
             std = config.init_std if config.init == "random" else 0.0
             self.prompts = nn.ParameterDict(
-                {name: nn.Parameter(torch.randn(n, w) * std) for name, (n, w) in shapes.items()}
+                {name: nn.Parameter(_initial((n, w), std)) for name, (n, w) in shapes.items()}
             )
 
     def raw(self) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from ptuning_v2.checkpoint import TrainedCheckpoint
 from ptuning_v2.config import DeepPromptConfig
 from ptuning_v2.injection import INJECTORS
 from ptuning_v2.injection.attention import PROMPTS_KWARG
-from ptuning_v2.prompts.deep_prompt import DeepPrompt
+from ptuning_v2.prompts.deep_prompt import DeepPrompt, filled_later
 
 
 def mask_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -59,10 +59,10 @@ class DeepPromptModel(nn.Module):
         self.backbone = backbone
         self.prompt_config = config
         self.backbone_dropout = backbone_dropout
-        if not getattr(backbone, "_ptv2_installs", 0):  # the first wrapper keeps the flags to restore
+        if "_ptv2_requires_grad" not in vars(backbone):  # the first wrapper keeps the flags to restore
             backbone._ptv2_requires_grad = {name: p.requires_grad for name, p in backbone.named_parameters()}
-        for param in backbone.parameters():
-            param.requires_grad_(False)
+            for param in backbone.parameters():  # later ones find it frozen: a server adds tasks all the time
+                param.requires_grad_(False)
         self.injector = INJECTORS[config.mode](backbone, config.attach_to)
         shapes = self.prompt_shapes(config)
         self.prompt = DeepPrompt(config, shapes, self.hidden_size)
@@ -76,6 +76,8 @@ class DeepPromptModel(nn.Module):
             raise ValueError("prompt.position_offset 'prefix' applies to decoder-only language models only")
         longest = max((n for n, _ in shapes.values()), default=0)
         self.position_offset = longest if config.position_offset == "prefix" else 0
+        if filled_later():  # a checkpoint's prompts come next
+            return
         if config.init == "text":
             self.init_from_text(config.init_text or "", tokenizer)
         elif config.init == "checkpoint":

@@ -261,7 +261,7 @@ def create_app(
         dispatcher = state["dispatcher"] = engine(multi, config)
         dispatcher.observe_pass = metrics.batch_rows.observe
         dispatcher.start()
-        loader = state["loader"] = TaskLoader(multi, dispatcher.call)
+        loader = state["loader"] = TaskLoader(multi)
         if store is not None:
             cache_bytes = int(config.cache_mb * 2**20)
             state["cache"] = TaskCache(store, loader, config.max_loaded_tasks, cache_bytes, metrics)

@@ -15,9 +15,9 @@ keep running on the model thread meanwhile: ``MultiPromptModel.add`` builds the 
 shared backbone without changing what a running batch reads (the backbone's attention is already the
 prefix wrapper, and a further install only counts itself: the probe forward runs at the first install),
 and the task becomes visible with one dict assignment under the model's lock. Adds and removes run one
-at a time (the backbone counts its installs). The one exception is a checkpoint whose prompt is
-initialised from text (``prompt.init: text``): building it runs the shared tokenizer, which must not run
-in two threads at once, so it is added on the model thread, between batches.
+at a time (the backbone counts its installs). A load builds no initial prompt (no random draw, and no text
+run through the shared tokenizer for a ``prompt.init: text`` checkpoint): the checkpoint's tensors are
+copied in right away.
 
 A load remembers the size, mtime and inode of the checkpoint's two files before and after: if they
 changed meanwhile (a checkpoint being replaced), the load is undone and tried again, so a task is never
@@ -34,11 +34,10 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ptuning_v2.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, TrainedCheckpoint, read_meta
 from ptuning_v2.config import ConfigError
@@ -200,12 +199,10 @@ def read_whole(folder: Path) -> TrainedCheckpoint:
 
 
 class TaskLoader:
-    """Adds and removes tasks one at a time (the backbone counts its installs), off the model thread but
-    for checkpoints whose prompt is initialised from text (building them runs the shared tokenizer)."""
+    """Adds and removes tasks one at a time (the backbone counts its installs), off the model thread."""
 
-    def __init__(self, multi: MultiPromptModel, on_model_thread: Callable[..., Awaitable[Any]]) -> None:
+    def __init__(self, multi: MultiPromptModel) -> None:
         self.multi = multi
-        self.on_model_thread = on_model_thread
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptv2-loader")
         self._one_at_a_time = asyncio.Lock()
 
@@ -218,8 +215,6 @@ class TaskLoader:
                 if isinstance(source, TrainedCheckpoint)
                 else await loop.run_in_executor(self.thread, read_whole, source)
             )
-            if (checkpoint.run_config.get("prompt") or {}).get("init") == "text":
-                return await self.on_model_thread(self.multi.add, name, checkpoint)
             return await loop.run_in_executor(self.thread, self.multi.add, name, checkpoint)
 
     async def remove(self, name: str) -> None:

@@ -12,7 +12,7 @@ from ptuning_v2.checkpoint import CheckpointError, TrainedCheckpoint, as_checkpo
 from ptuning_v2.config import RunConfig
 from ptuning_v2.methods import get_method
 from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
-from ptuning_v2.prompts.deep_prompt import DeepPrompt
+from ptuning_v2.prompts.deep_prompt import DeepPrompt, filled_from_checkpoint
 from ptuning_v2.tasks import Task, get_task
 
 
@@ -63,7 +63,8 @@ def attach_trained(
         raise CheckpointError(
             f"{checkpoint.directory}: its stored task state does not fit task {run.task!r} (no {exc})"
         ) from None
-    model = build_model(run, task, backbone, tokenizer)
+    with filled_from_checkpoint():  # no initial prompt values: load_into sets every trained tensor
+        model = build_model(run, task, backbone, tokenizer)
     checkpoint.load_into(model)
     for module in model.modules():  # an MLP reparameterisation is only needed for training
         if isinstance(module, DeepPrompt):
