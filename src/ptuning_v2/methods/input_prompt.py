@@ -24,6 +24,7 @@ from torch import nn
 
 from ptuning_v2.config import ConfigError, DeepPromptConfig, RunConfig
 from ptuning_v2.methods.registry import freeze
+from ptuning_v2.prompts.deep_prompt import filled_later
 
 _SEQUENCE_KEYS = ("last_hidden_state", "logits")
 _ENCODER_KEYS = ("encoder_last_hidden_state",)
@@ -148,7 +149,9 @@ class SoftPrompt(nn.Module):
         super().__init__()
         k, hidden = config.num_virtual_tokens, embeddings.embedding_dim
         weight = embeddings.weight
-        if config.init == "text":
+        if filled_later():  # a checkpoint's values come next
+            init = torch.empty(k, hidden)
+        elif config.init == "text":
             if tokenizer is None:
                 raise ValueError("prompt.init 'text' needs the backbone's tokenizer")
             ids = tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
