@@ -35,14 +35,17 @@ def test_store_bench_on_a_small_store(tmp_path: Path, checkpoints, capsys) -> No
     out = tmp_path / "out"
     args = ["serve-bench", "--prompts", *(str(checkpoints[n]) for n in ("sentiment", "topic", "ner"))]
     args += ["--store-tasks", "12", "--max-loaded-tasks", "4", "--clients", "4", "--requests", "48"]
-    args += ["--inputs-per-task", "4", "--output-dir", str(out)]
+    args += ["--inputs-per-task", "4", "--rounds", "2", "--output-dir", str(out)]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["all_correct"] is True
     report = json.loads((out / "store.json").read_text())
     assert list(report["shapes"]) == ["all_hot", "zipf", "uniform"]
     hot, uniform = report["shapes"]["all_hot"], report["shapes"]["uniform"]
-    assert hot["answered"] == 48 and hot["wrong"] == hot["lost"] == 0
+    assert hot["answered"] == 2 * 48 and hot["wrong"] == hot["lost"] == 0  # two rounds
+    assert len(hot["throughput_each_round"]) == len(report["zipf_vs_all_hot_each_round"]) == 2
+    each = report["zipf_vs_all_hot_each_round"]
+    assert report["zipf_vs_all_hot_throughput"] == round(sum(each) / 2, 2)  # the median of two
     assert hot["hit_rate"] == 1.0 and hot["cold_requests"] == 0 and hot["loads"] == 0
     assert uniform["hit_rate"] < 1 and uniform["cold_requests"] > 0 and uniform["evictions"] > 0
     assert uniform["cold_latency_ms"]["p50"] > 0 and uniform["server_rss_mb"] > 0

@@ -11,7 +11,9 @@ traffic shapes, in this order, on the same server:
 - ``uniform``: every task equally likely.
 
 Each shape starts with an unmeasured warm-up of a quarter of its requests (the cache reaches its steady
-state). Reported per shape: throughput, latency p50/p99, the latency p50/p99 of cold requests (those
+state). With ``rounds`` > 1 the three shapes run that many times over, and the Zipf / all-hot throughput
+ratio is the median of each round's: a shape lasts seconds, and this machine's speed drifts more than that
+ratio's target margin between two runs. Reported per shape: throughput, latency p50/p99, the latency p50/p99 of cold requests (those
 whose task was not in memory: they loaded it or waited for its load; told by the server's access log),
 the hit rate and evictions (from ``/metrics``), and the server's RSS. Every answer is checked against
 the prediction of the checkpoint the task is a copy of, as in ``loadtest.py``.
@@ -24,6 +26,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -106,6 +109,33 @@ def cold_requests(log: Path, tag: str) -> set[str]:
     return cold
 
 
+def combined(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One traffic shape over its rounds: counts summed, throughput over the time of all rounds, latency
+    percentiles over every request, RSS at the last round's end."""
+    counters = {k: sum(r["counters"].get(k, 0) for r in results) for k in results[0]["counters"]}
+    lookups = counters["hits"] + counters["misses"]
+    total = {
+        k: sum(r[k] for r in results)
+        for k in ("requests", "answered", "wrong", "lost", "duplicated_or_swapped")
+    }
+    seconds = sum(r["seconds"] for r in results)
+    return {
+        **total,
+        "seconds": round(seconds, 3),
+        "throughput_rps": round(total["answered"] / seconds, 2),
+        "throughput_each_round": [r["throughput_rps"] for r in results],
+        "latency_ms": percentiles([t for r in results for t in r["latencies"]]),
+        "failures": [f for r in results for f in r["failures"]][:10],
+        "cold_requests": sum(len(r["cold"]) for r in results),
+        "cold_latency_ms": percentiles([t for r in results for t in r["cold"]]),
+        "hit_rate": round(counters["hits"] / lookups, 4) if lookups else None,
+        "loads": int(counters["loads"]),
+        "evictions": int(counters["evictions"]),
+        "load_failures": int(counters["load_failures"]),
+        "server_rss_mb": results[-1]["server_rss_mb"],
+    }
+
+
 def run_store_bench(
     checkpoints: dict[str, str],
     output_dir: Path,
@@ -116,12 +146,14 @@ def run_store_bench(
     inputs_per_task: int = 16,
     max_seconds: float = 300.0,
     zipf_s: float = 1.1,
+    rounds: int = 1,
     server_args: list[str] | None = None,
     store_dir: Path | None = None,
     seed: int = 0,
     command: str = "",
 ) -> dict[str, Any]:
-    """Build the store, run the three shapes on one server; writes ``store.json`` and ``store.md``."""
+    """Build the store, run the three shapes ``rounds`` times on one server; writes ``store.json`` and
+    ``store.md``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="ptv2-store-bench-"))
     store = store_dir or scratch / "store"
@@ -135,42 +167,42 @@ def run_store_bench(
     hot = rng.sample(names, min(max_loaded, len(names)))
     log = scratch / "server.log"
     args = ["--store", str(store), "--max-loaded-tasks", str(max_loaded), *(server_args or [])]
-    shapes: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {shape: [] for shape in SHAPES}
     with server_process(args, log) as (url, pid):
         one = [(hot[0], 0)]
         asyncio.run(measure(url, one, inputs, expected, 1, max_seconds))
         rss_one_loaded = server_rss_mb(pid)
-        for shape in SHAPES:
-            if shape == "all_hot":
-                warm = [(name, 0) for name in hot]
-            else:
-                warm = [(name, 0) for name in traffic(shape, names, hot, requests // 4, rng, zipf_s)]
-            asyncio.run(measure(url, warm, inputs, expected, clients, max_seconds))
-            jobs = [
-                (name, rng.randrange(inputs_per_task))
-                for name in traffic(shape, names, hot, requests, rng, zipf_s)
-            ]
-            before = cache_counters(url)
-            latency_of: dict[str, float] = {}
-            result = asyncio.run(
-                measure(url, jobs, inputs, expected, clients, max_seconds, latency_of, f"{shape}-")
-            )
-            after = cache_counters(url)
-            delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-            cold = cold_requests(log, f"{shape}-")
-            lookups = delta["hits"] + delta["misses"]
-            result.update(
-                cold_requests=len(cold),
-                cold_latency_ms=percentiles([latency_of[r] for r in cold if r in latency_of]),
-                hit_rate=round(delta["hits"] / lookups, 4) if lookups else None,
-                loads=int(delta["loads"]),
-                evictions=int(delta["evictions"]),
-                load_failures=int(delta["load_failures"]),
-                server_rss_mb=server_rss_mb(pid),
-            )
-            shapes[shape] = result
+        for round_ in range(rounds):
+            for shape in SHAPES:
+                if shape == "all_hot":
+                    warm = [(name, 0) for name in hot]
+                else:
+                    warm = [(name, 0) for name in traffic(shape, names, hot, requests // 4, rng, zipf_s)]
+                asyncio.run(measure(url, warm, inputs, expected, clients, max_seconds))
+                jobs = [
+                    (name, rng.randrange(inputs_per_task))
+                    for name in traffic(shape, names, hot, requests, rng, zipf_s)
+                ]
+                before = cache_counters(url)
+                latency_of: dict[str, float] = {}
+                tag = f"{shape}-{round_}-"
+                result = asyncio.run(
+                    measure(url, jobs, inputs, expected, clients, max_seconds, latency_of, tag)
+                )
+                after = cache_counters(url)
+                result.update(
+                    counters={k: after.get(k, 0) - before.get(k, 0) for k in after},
+                    latencies=list(latency_of.values()),
+                    cold=[latency_of[r] for r in cold_requests(log, tag) if r in latency_of],
+                    server_rss_mb=server_rss_mb(pid),
+                )
+                runs[shape].append(result)
+    shapes = {shape: combined(results) for shape, results in runs.items()}
     shutil.rmtree(scratch / "store", ignore_errors=True)
-    hot_rps = shapes["all_hot"]["throughput_rps"]
+    each_round = [
+        round(zipf["throughput_rps"] / max(hot["throughput_rps"], 1e-9), 2)
+        for hot, zipf in zip(runs["all_hot"], runs["zipf"], strict=True)
+    ]
     report = {
         "command": command,
         "checkpoints": {name: str(path) for name, path in checkpoints.items()},
@@ -187,10 +219,12 @@ def run_store_bench(
         "cpu_count": os.cpu_count(),
         "rss_one_loaded_mb": rss_one_loaded,
         "shapes": shapes,
-        "zipf_vs_all_hot_throughput": round(shapes["zipf"]["throughput_rps"] / max(hot_rps, 1e-9), 2),
+        "rounds": rounds,
+        "zipf_vs_all_hot_throughput": round(statistics.median(each_round), 2),
+        "zipf_vs_all_hot_each_round": each_round,
         "rss_all_hot_vs_one_loaded": round(shapes["all_hot"]["server_rss_mb"] / rss_one_loaded, 2),
         "all_correct": all(
-            m["wrong"] == m["lost"] == m["duplicated_or_swapped"] == 0 and m["answered"] == requests
+            m["wrong"] == m["lost"] == m["duplicated_or_swapped"] == 0 and m["answered"] == requests * rounds
             for m in shapes.values()
         ),
         "server_log": str(log),
@@ -223,13 +257,15 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"Store: {report['store']}. At most {report['max_loaded_tasks']} tasks in memory; "
             f"{report['clients']} concurrent closed-loop clients on loopback, {report['requests']} one-input "
-            f"requests per traffic shape (after a warm-up of a quarter as many), Zipf s = {report['zipf_s']}, "
+            f"requests per traffic shape and round (after a warm-up of a quarter as many), "
+            f"{report['rounds']} round(s) of the three shapes, Zipf s = {report['zipf_s']}, "
             f"{report['cpu_count']} CPU cores shared by server and clients. Every answer is checked against "
             "the prediction of the checkpoint the task copies.",
             "",
             *rows,
             "",
-            f"Zipf throughput: **{report['zipf_vs_all_hot_throughput']:.2f}x** all-hot. Server RSS with "
+            f"Zipf throughput: **{report['zipf_vs_all_hot_throughput']:.2f}x** all-hot (median of the rounds: "
+            f"{', '.join(f'{r:.2f}' for r in report['zipf_vs_all_hot_each_round'])}). Server RSS with "
             f"{report['max_loaded_tasks']} tasks loaded: **{report['rss_all_hot_vs_one_loaded']:.2f}x** with one "
             f"({report['rss_one_loaded_mb']:.0f} MiB). Every answer correct: **{report['all_correct']}**.",
             "",

@@ -32,8 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="times the batching server answers the requests, each between offline runs",
+        help="times the batching server answers the requests, each between offline runs (3); with "
+        "--store-tasks, times the three traffic shapes run (1)",
     )
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.max_batch_size,
         input_tokens=args.input_tokens,
         model_threads=args.model_threads,
-        rounds=args.rounds,
+        rounds=args.rounds or 3,
     )
     keys = ("throughput_ratio", "p99_ratio", "server_vs_offline", "all_correct")
     print(json.dumps({k: report[k] for k in keys}))
@@ -110,6 +110,7 @@ def run_store(
         inputs_per_task=args.inputs_per_task,
         max_seconds=args.max_seconds,
         zipf_s=args.zipf_s,
+        rounds=args.rounds or 1,
         server_args=server_args,
         store_dir=Path(args.store_dir) if args.store_dir else None,
         command=command,
