@@ -134,6 +134,11 @@ def test_linear_probe_may_have_no_prompt() -> None:
     assert config.prompt.num_virtual_tokens == 0
 
 
+def test_yaml_no_is_the_word_where_a_field_takes_it() -> None:
+    """YAML reads ``no`` as false; ``--set train.mixed_precision=no`` (or ``no`` in a file) means the word."""
+    assert load_run_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+
+
 def test_eval_refuses_model_defining_overrides_only() -> None:
     stored = RunConfig.from_dict({"data": {"train": "a.csv", "test": "b.csv"}})
     check_eval_overrides(

@@ -132,3 +132,17 @@ def test_same_seed_same_run(tiny_bert_dir: Path, sentiment_csvs: dict[str, Path]
     a = load_file(str(tmp_path / "a" / "checkpoint" / "adapter.safetensors"))
     b = load_file(str(tmp_path / "b" / "checkpoint" / "adapter.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_process_trains_runs_of_different_precisions_one_after_another(
+    tiny_bert_dir: Path, sentiment_csvs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Accelerate keeps a process's first precision and refuses another; a notebook that trains a bf16 run
+    and then a full-precision one must not have to restart."""
+    for i, precision in enumerate(("bf16", "no", "bf16")):
+        run = run_config(
+            tiny_bert_dir, sentiment_csvs, "train.max_steps=2", f"train.mixed_precision={precision}"
+        )
+        train_run(run, tmp_path / f"run{i}", show_progress=False)
+        log = json.loads((tmp_path / f"run{i}" / "metrics.json").read_text())
+        assert log["mixed_precision"] == precision

@@ -34,6 +34,7 @@ from ptuning_v2.tasks.base import Task, evaluate_split, get_task
 from ptuning_v2.training.multitask_config import MultiTaskConfig, TaskSpec
 from ptuning_v2.training.optim import build_scheduler, param_groups
 from ptuning_v2.training.recipe import load_splits
+from ptuning_v2.training.sharding import release_precision
 from ptuning_v2.training.tracking import progress_bar
 from ptuning_v2.training.trainer import (
     TrainingDivergedError,
@@ -171,9 +172,9 @@ def train_multitask(
     """Train every task of ``config`` on one backbone; write per-task checkpoints and ``metrics.json``."""
     output_dir = Path(output_dir)
     cfg = config.train
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=resolve_mixed_precision(cfg.mixed_precision)
-    )
+    precision = resolve_mixed_precision(cfg.mixed_precision)
+    release_precision(precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
     if accelerator.num_processes > 1:
         raise ConfigError(
             "multi-task training runs in one process: start ptv2 train-multi directly, "

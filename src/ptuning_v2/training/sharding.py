@@ -17,10 +17,26 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, parse_flag_from_env
 from torch import nn
 
 from ptuning_v2.config import ConfigError, TrainConfig
+
+
+def release_precision(mixed_precision: str) -> None:
+    """Let this process train in ``mixed_precision`` after a finished run in another one.
+
+    Accelerate keeps the first run's precision for the whole process and refuses another one
+    ("AcceleratorState has already been initialized ... restart your runtime"): a notebook or script that
+    trains a bf16 run, then a full-precision one, stopped there. A process outside a launched group trains
+    its runs one after another, so the finished run's state is dropped; a launched process trains one run,
+    and keeps it.
+    """
+    state = AcceleratorState._shared_state
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    if state and not launched and state.get("_mixed_precision") != mixed_precision:
+        AcceleratorState._reset_state()
 
 
 def accelerator_options() -> dict[str, Any]:

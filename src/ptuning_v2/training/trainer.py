@@ -38,6 +38,7 @@ from ptuning_v2.training.sharding import (
     load_trained_state,
     optimizer_state,
     prepare_for_training,
+    release_precision,
 )
 from ptuning_v2.training.states import (
     STATES_DIR,
@@ -250,9 +251,11 @@ class Trainer:
         self.on_evaluate = on_evaluate
         self.data_report = data_report
         self._written = 0  # records of state.history already in log.jsonl
+        precision = resolve_mixed_precision(self.cfg.mixed_precision)
+        release_precision(precision)
         self.accelerator = Accelerator(
             **accelerator_options(),
-            mixed_precision=resolve_mixed_precision(self.cfg.mixed_precision),
+            mixed_precision=precision,
             log_with=trackers(self.cfg.log_with),
             project_dir=str(self.output_dir),
         )
