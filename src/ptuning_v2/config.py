@@ -460,8 +460,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return _coerce(value, options[0], where)
         return value
     if origin is Literal:
-        if isinstance(value, bool) and ("yes" if value else "no") in args:  # YAML reads no and yes as booleans
-            return "yes" if value else "no"
+        word = ("yes" if value else "no") if isinstance(value, bool) else None  # YAML reads no, yes as bools
+        if word in args:
+            return word
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
         return value
