@@ -13,9 +13,10 @@ traffic shapes, in this order, on the same server:
 Each shape starts with an unmeasured warm-up of a quarter of its requests (the cache reaches its steady
 state). With ``rounds`` > 1 the three shapes run that many times over, and the Zipf / all-hot throughput
 ratio is the median of each round's: a shape lasts seconds, and this machine's speed drifts more than that
-ratio's target margin between two runs. Reported per shape: throughput, latency p50/p99, the latency p50/p99 of cold requests (those
-whose task was not in memory: they loaded it or waited for its load; told by the server's access log),
-the hit rate and evictions (from ``/metrics``), and the server's RSS. Every answer is checked against
+ratio's target margin between two runs. Reported per shape, over every round: throughput, latency
+p50/p99, the latency p50/p99 of cold requests (those whose task was not in memory: they loaded it or
+waited for its load; told by the server's access log), the hit rate and evictions (from ``/metrics``),
+and the server's RSS (at the end of the last round). Every answer is checked against
 the prediction of the checkpoint the task is a copy of, as in ``loadtest.py``.
 """
 

@@ -24,6 +24,11 @@ from torch import nn
 from ptuning_v2.config import ConfigError, TrainConfig
 
 
+def launched() -> bool:
+    """Whether this process is one of a group started by ``torchrun`` or ``accelerate launch``."""
+    return int(os.environ.get("LOCAL_RANK", -1)) != -1
+
+
 def release_precision(mixed_precision: str) -> None:
     """Let this process train in ``mixed_precision`` after a finished run in another one.
 
@@ -34,8 +39,7 @@ def release_precision(mixed_precision: str) -> None:
     and keeps it.
     """
     state = AcceleratorState._shared_state
-    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
-    if state and not launched and state.get("_mixed_precision") != mixed_precision:
+    if state and not launched() and state.get("_mixed_precision") != mixed_precision:
         AcceleratorState._reset_state()
 
 
@@ -48,8 +52,7 @@ def accelerator_options() -> dict[str, Any]:
     """
     if torch.cuda.is_available():
         return {"cpu": False}
-    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
-    if launched and parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+    if launched() and parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         return {"cpu": False, "kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
     return {"cpu": True}
 
