@@ -91,10 +91,9 @@ class TrainedCheckpoint:
     def load_into(self, model: nn.Module) -> None:
         """Copy the stored tensors into ``model``; names and shapes must match exactly."""
         path = self.directory / WEIGHTS_FILE
-        params = dict(model.named_parameters())  # one walk: a served task's model holds the whole backbone
-        expected = {name for name, p in params.items() if p.requires_grad}
-        missing = sorted(expected - set(self.tensors))
-        unexpected = sorted(set(self.tensors) - expected)
+        params = trainable_state(model)  # one walk: a served task's model holds the whole backbone
+        missing = sorted(set(params) - set(self.tensors))
+        unexpected = sorted(set(self.tensors) - set(params))
         if missing or unexpected:
             raise CheckpointError(
                 f"{path}: tensors do not match the model (missing {missing}, unexpected {unexpected})"
