@@ -107,6 +107,23 @@ def test_a_folder_without_tensors_is_refused_by_name(checkpoint: Path) -> None:
         TrainedCheckpoint.read(checkpoint)
 
 
+def test_read_tensors_are_the_files_bytes_as_read(checkpoint: Path, tmp_path: Path) -> None:
+    """A read holds the bytes it read: a weights file written in place afterwards (the store's check that
+    a read saw one version relies on it) neither changes the tensors nor, cut short, crashes the process
+    (it did with the file mapped: SIGBUS)."""
+    read = TrainedCheckpoint.read(checkpoint)
+    weights = checkpoint / WEIGHTS_FILE
+    other = {name: torch.full_like(t, 7.0) for name, t in read.tensors.items()}
+    safetensors.torch.save_file(other, tmp_path / "other.safetensors")
+    before = {name: t.clone() for name, t in read.tensors.items()}
+    with weights.open("r+b") as file:  # in place: same inode, as ``cp`` or a careless writer does it
+        file.write((tmp_path / "other.safetensors").read_bytes())
+    assert all(torch.equal(read.tensors[name], t) for name, t in before.items())
+    with weights.open("r+b") as file:
+        file.truncate(16)
+    assert all(torch.equal(read.tensors[name], t) for name, t in before.items())
+
+
 def test_loading_builds_no_initial_prompt(
     checkpoint: Path,
     reads: Counter[str],

@@ -60,7 +60,10 @@ class TrainedCheckpoint:
         if not path.is_file():
             raise CheckpointError(f"{directory}: missing {WEIGHTS_FILE}")
         try:
-            tensors = load_file(str(path))
+            # Read now, not mapped: mapped tensors read the file later, so a file written in place after
+            # this (the store's check that a read saw one version) would change or, cut short, crash them;
+            # and safetensors' mapped tensors each keep some memory for good (a server loading tasks all day).
+            tensors = load_file(str(path), backend="pread")
         except (OSError, SafetensorError) as exc:
             raise CheckpointError(
                 f"{path}: damaged (empty or cut short?), not a readable safetensors file: {exc}"

@@ -49,6 +49,8 @@ def test_store_bench_on_a_small_store(tmp_path: Path, checkpoints, capsys) -> No
     assert hot["hit_rate"] == 1.0 and hot["cold_requests"] == 0 and hot["loads"] == 0
     assert uniform["hit_rate"] < 1 and uniform["cold_requests"] > 0 and uniform["evictions"] > 0
     assert uniform["cold_latency_ms"]["p50"] > 0 and uniform["server_rss_mb"] > 0
+    rss_each_round = uniform["server_rss_each_round_mb"]
+    assert len(rss_each_round) == 2 and rss_each_round[-1] == uniform["server_rss_mb"]
     assert report["rss_one_loaded_mb"] > 0 and report["zipf_vs_all_hot_throughput"] > 0
     markdown = (out / "store.md").read_text()
     assert "12 tasks, each a copy of one of the 3 checkpoint(s)" in markdown and "| zipf |" in markdown

@@ -16,7 +16,8 @@ ratio is the median of each round's: a shape lasts seconds, and this machine's s
 ratio's target margin between two runs. Reported per shape, over every round: throughput, latency
 p50/p99, the latency p50/p99 of cold requests (those whose task was not in memory: they loaded it or
 waited for its load; told by the server's access log), the hit rate and evictions (from ``/metrics``),
-and the server's RSS (at the end of the last round). Every answer is checked against
+and the server's RSS (at the end of each round: does it level off under the churn of loads and evictions?).
+Every answer is checked against
 the prediction of the checkpoint the task is a copy of, as in ``loadtest.py``.
 """
 
@@ -112,7 +113,7 @@ def cold_requests(log: Path, tag: str) -> set[str]:
 
 def combined(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One traffic shape over its rounds: counts summed, throughput over the time of all rounds, latency
-    percentiles over every request, RSS at the last round's end."""
+    percentiles over every request, RSS at the last round's end (and at each round's)."""
     counters = {k: sum(r["counters"].get(k, 0) for r in results) for k in results[0]["counters"]}
     lookups = counters["hits"] + counters["misses"]
     total = {
@@ -134,6 +135,7 @@ def combined(results: list[dict[str, Any]]) -> dict[str, Any]:
         "evictions": int(counters["evictions"]),
         "load_failures": int(counters["load_failures"]),
         "server_rss_mb": results[-1]["server_rss_mb"],
+        "server_rss_each_round_mb": [r["server_rss_mb"] for r in results],
     }
 
 
@@ -268,7 +270,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"Zipf throughput: **{report['zipf_vs_all_hot_throughput']:.2f}x** all-hot (median of the rounds: "
             f"{', '.join(f'{r:.2f}' for r in report['zipf_vs_all_hot_each_round'])}). Server RSS with "
             f"{report['max_loaded_tasks']} tasks loaded: **{report['rss_all_hot_vs_one_loaded']:.2f}x** with one "
-            f"({report['rss_one_loaded_mb']:.0f} MiB). Every answer correct: **{report['all_correct']}**.",
+            f"({report['rss_one_loaded_mb']:.0f} MiB); at the end of each round's all-hot phase: "
+            f"{', '.join(f'{r:.0f}' for r in report['shapes']['all_hot']['server_rss_each_round_mb'])} MiB. "
+            f"Every answer correct: **{report['all_correct']}**.",
             "",
         ]
     )
