@@ -17,8 +17,8 @@ ratio's target margin between two runs. Reported per shape, over every round: th
 p50/p99, the latency p50/p99 of cold requests (those whose task was not in memory: they loaded it or
 waited for its load; told by the server's access log), the hit rate and evictions (from ``/metrics``),
 and the server's RSS (at the end of each round: does it level off under the churn of loads and evictions?).
-Every answer is checked against
-the prediction of the checkpoint the task is a copy of, as in ``loadtest.py``.
+Every answer is checked against the prediction of the checkpoint the task is a copy of, as in
+``loadtest.py``.
 """
 
 from __future__ import annotations
