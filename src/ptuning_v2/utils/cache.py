@@ -37,8 +37,9 @@ class WheelSource:
 
 
 def cache_root() -> Path:
-    """``$PTV2_CACHE`` or ``~/.cache/ptuning_v2``."""
-    return Path(os.environ.get("PTV2_CACHE", Path.home() / ".cache" / "ptuning_v2")).expanduser()
+    """``$PTV2_CACHE`` or, when it is unset or empty, ``~/.cache/ptuning_v2`` (an empty value is not the
+    current folder: the built-in models and data would land there, about a gigabyte)."""
+    return Path(os.environ.get("PTV2_CACHE") or Path.home() / ".cache" / "ptuning_v2").expanduser()
 
 
 def sha256_of(path: Path) -> str:
