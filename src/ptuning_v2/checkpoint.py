@@ -59,15 +59,7 @@ class TrainedCheckpoint:
         path = directory / WEIGHTS_FILE
         if not path.is_file():
             raise CheckpointError(f"{directory}: missing {WEIGHTS_FILE}")
-        try:
-            # Read now, not mapped: mapped tensors read the file later, so a file written in place after
-            # this (the store's check that a read saw one version) would change or, cut short, crash them;
-            # and safetensors' mapped tensors each keep some memory for good (a server loading tasks all day).
-            tensors = load_file(str(path), backend="pread")
-        except (OSError, SafetensorError) as exc:
-            raise CheckpointError(
-                f"{path}: damaged (empty or cut short?), not a readable safetensors file: {exc}"
-            ) from None
+        tensors = read_tensors(path)
         if "compression" in meta:
             tensors = expand_tensors(tensors, path)
         return cls(directory, meta, tensors)
@@ -138,6 +130,19 @@ def read_meta(directory: Path) -> dict[str, Any]:
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors a checkpoint stores: every parameter that requires grad."""
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, read now rather than mapped. Mapped tensors read the file later, when
+    used: a file written in place after the read (the store's check that a read saw one version) would
+    change them or, cut short, crash the process (SIGBUS); and each mapped tensor keeps some memory for
+    good (safetensors 0.8), which adds up in a server that loads tasks all day."""
+    try:
+        return load_file(str(path), backend="pread")
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(
+            f"{path}: damaged (empty or cut short?), not a readable safetensors file: {exc}"
+        ) from None
 
 
 def save_tensors(

@@ -117,6 +117,11 @@ def test_import_checks_the_adapter_against_the_backbone(tmp_path: Path) -> None:
     (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "LORA"}))
     with pytest.raises(CheckpointError, match="peft_type"):
         read_peft(tmp_path)
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    weights = tmp_path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])  # cut short: our error, not safetensors' traceback
+    with pytest.raises(CheckpointError, match="adapter_model.safetensors: damaged"):
+        read_peft(tmp_path)
 
 
 def test_cli_export_and_import_round_trip(tiny_llama_dir: Path, tmp_path: Path) -> None:

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from ptuning_v2.checkpoint import CheckpointError, save_checkpoint, save_tensors
+from ptuning_v2.checkpoint import CheckpointError, read_tensors, save_checkpoint, save_tensors
 from ptuning_v2.config import DeepPromptConfig, RunConfig
 from ptuning_v2.prompts.model import DeepPromptModel
 from ptuning_v2.utils.io import write_json_atomic
@@ -105,7 +104,7 @@ def read_peft(adapter_dir: str | Path) -> tuple[dict[str, Any], torch.Tensor]:
     for key, value in expected.items():
         if config.get(key) != value:
             raise CheckpointError(f"{config_path}: {key} is {config.get(key)!r}; expected {value!r}")
-    tensors = load_file(str(weights_path))
+    tensors = read_tensors(weights_path)
     if WEIGHT_NAME not in tensors:
         raise CheckpointError(f"{weights_path}: no tensor {WEIGHT_NAME!r} (has {sorted(tensors)})")
     weight = tensors[WEIGHT_NAME]

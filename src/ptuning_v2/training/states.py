@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ptuning_v2.checkpoint import CheckpointError
+from ptuning_v2.checkpoint import CheckpointError, read_tensors
 
 STATES_DIR = "states"
 STATE_TENSORS = "state.safetensors"
@@ -112,7 +112,7 @@ def read_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     """The tensors and JSON of one state folder."""
     meta = read_state_meta(directory)
     try:
-        tensors = load_file(str(Path(directory) / STATE_TENSORS))
+        tensors = read_tensors(Path(directory) / STATE_TENSORS)
     except (OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"{directory}: unreadable resumable state: {exc}") from exc
     return tensors, meta
