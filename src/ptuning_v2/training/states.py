@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from ptuning_v2.checkpoint import CheckpointError, read_tensors
@@ -113,6 +112,6 @@ def read_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     meta = read_state_meta(directory)
     try:
         tensors = read_tensors(Path(directory) / STATE_TENSORS)
-    except (OSError, ValueError, SafetensorError) as exc:
+    except CheckpointError as exc:  # read_tensors' own for a missing or damaged file
         raise CheckpointError(f"{directory}: unreadable resumable state: {exc}") from exc
     return tensors, meta
