@@ -1,6 +1,6 @@
 """The dispatcher's model threads, with the model replaced by a recorder: requests that arrive together are
-shared over the idle threads and run at once, a ``call`` (a generation) runs alone, a generation backbone
-runs one batch at a time, and ``ptv2 serve`` splits the CPU threads."""
+shared over the idle threads and run at once, a ``call`` (a generation) takes a thread of its own beside
+them, and ``ptv2 serve`` splits the CPU threads between the model threads."""
 
 from __future__ import annotations
 
@@ -70,48 +70,49 @@ def test_one_model_thread_runs_one_batch(monkeypatch) -> None:
     assert recorder.sizes == [16] and recorder.most == 1
 
 
-def test_a_generation_backbone_runs_one_batch_at_a_time() -> None:
-    assert Dispatcher(backbone("causal_lm"), ServeConfig(model_threads=4)).threads == 1
+def test_every_backbone_runs_model_threads_batches_at_once() -> None:
+    assert Dispatcher(backbone("causal_lm"), ServeConfig(model_threads=4)).threads == 4
     assert Dispatcher(backbone("encoder"), ServeConfig(model_threads=4)).threads == 4
 
 
-def test_a_call_runs_alone(monkeypatch) -> None:
-    """A call waits for the running batches, and a batch that arrives meanwhile waits for the call."""
+def test_a_call_takes_a_model_thread_of_its_own(monkeypatch) -> None:
+    """A call (a generation) runs beside the batches on one model thread; a batch that arrives meanwhile
+    takes the other, and a call that finds every thread busy waits for one."""
     recorder = Recorder(seconds=0.2)
     monkeypatch.setattr(app, "predict_requests", recorder)
-    dispatcher = Dispatcher(backbone(), ServeConfig(model_threads=2, max_wait_ms=1))
-    seen: list[int] = []
+    dispatcher = Dispatcher(backbone("causal_lm"), ServeConfig(model_threads=2, max_wait_ms=1))
 
-    def alone() -> str:
-        seen.append(recorder.running)
-        recorder.events.append("call")
+    def generation(name: str) -> str:
+        with recorder.lock:
+            recorder.running += 1
+            recorder.most = max(recorder.most, recorder.running)
+            recorder.events.append(name)
         time.sleep(0.2)
-        seen.append(recorder.running)
-        recorder.events.append("call ended")
-        return "done"
+        with recorder.lock:
+            recorder.running -= 1
+        return name
 
     async def scenario() -> list:
         dispatcher.start()
-        first = [asyncio.ensure_future(dispatcher.predict("t", [i])) for i in range(4)]
-        await asyncio.sleep(0.05)  # the first batches are running
-        call = asyncio.ensure_future(dispatcher.call(alone))
-        await asyncio.sleep(0.01)
-        later = asyncio.ensure_future(dispatcher.predict("t", [9]))
-        results = await asyncio.gather(*first, call, later)
+        first = asyncio.ensure_future(dispatcher.call(generation, "first call"))
+        await asyncio.sleep(0.05)
+        batch = [asyncio.ensure_future(dispatcher.predict("t", [i])) for i in range(4)]
+        await asyncio.sleep(0.05)  # both threads are busy now
+        second = asyncio.ensure_future(dispatcher.call(generation, "second call"))
+        results = await asyncio.gather(first, *batch, second)
         await dispatcher.stop()
         return results
 
     results = asyncio.run(scenario())
-    assert results[4] == "done" and seen == [0, 0]
-    first_two, after = recorder.events[:2], recorder.events[2:]
-    assert sorted(first_two) == [[0, 1], [2, 3]]  # side by side
-    assert after == ["call", "call ended", [9]]  # then the call alone, then the batch that came meanwhile
+    assert results[0] == "first call" and results[-1] == "second call"
+    assert recorder.events == ["first call", [0, 1, 2, 3], "second call"]
+    assert recorder.most == 2  # the call beside the batch, never three at once
 
 
 @pytest.mark.parametrize(
-    "kind, threads, expected", [("encoder", 2, 1), ("causal_lm", 2, 2), ("encoder", 1, 2)]
+    "kind, threads, expected", [("encoder", 2, 1), ("causal_lm", 2, 1), ("encoder", 1, 2)]
 )
-def test_serve_splits_the_cpu_threads_for_encoder_batches(kind, threads, expected) -> None:
+def test_serve_splits_the_cpu_threads_between_the_model_threads(kind, threads, expected) -> None:
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

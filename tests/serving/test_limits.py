@@ -124,7 +124,7 @@ def test_generation_tasks_share_one_generate_call(tiny_llama_dir: Path, tmp_path
         train_run(run, tmp_path / name, show_progress=False, evaluate_test=False)
         checkpoints[name] = tmp_path / name / "checkpoint"
     multi = MultiPromptModel.from_checkpoints(checkpoints, device="cpu")
-    server = InProcessServer(multi, ServeConfig(max_wait_ms=500))
+    server = InProcessServer(multi, ServeConfig(max_wait_ms=500, model_threads=1))  # two: side by side
     jobs = [("short", ["the movie", {"source": "a bad plot"}]), ("long", ["the movie", "a good plot"])]
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:

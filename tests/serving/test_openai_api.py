@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,23 +186,52 @@ def test_stream_is_server_sent_events_ending_with_done(server) -> None:
     assert events[-1] == "data: [DONE]"
 
 
-def test_two_tasks_stream_at_once(client) -> None:
-    """Two streams open together, for two tasks: both complete, each with its own text."""
-    expected = {
-        "plain": complete(client, "plain", PROMPTS[1], max_tokens=30),
-        "chat": client.chat.completions.create(
-            model="chat", messages=[{"role": "user", "content": PROMPTS[1]}], max_tokens=30
-        )
-        .choices[0]
-        .message.content,
-    }
+@pytest.mark.parametrize("pair", [("plain", "chat"), ("plain", "sampled")])
+def test_two_tasks_stream_at_once(client, monkeypatch, pair) -> None:
+    """Two streams opened together, for two tasks, are generated at the same time, each on a model thread
+    of its own (a sampled one too): neither goes past its first token until the other has one. Each gets
+    the text it gets alone."""
+
+    def alone(name: str) -> str:
+        if name == "chat":
+            messages = [{"role": "user", "content": PROMPTS[1]}]
+            return (
+                client.chat.completions.create(model=name, messages=messages, max_tokens=30)
+                .choices[0]
+                .message.content
+            )
+        return complete(client, name, PROMPTS[1], max_tokens=30)
+
+    expected = {name: alone(name) for name in pair}
+    meeting = threading.Barrier(2, timeout=30)  # broken (an error answer) if one waits for the other
+    step = Generation.__call__
+
+    def first_tokens_meet(self, input_ids, scores, **kwargs):
+        if not getattr(self, "met", False):
+            self.met = True
+            meeting.wait()
+        return step(self, input_ids, scores, **kwargs)
+
+    monkeypatch.setattr(Generation, "__call__", first_tokens_meet)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         futures = {
             name: pool.submit(streamed, client, name, PROMPTS[1], name == "chat", max_tokens=30)
-            for name in expected
+            for name in pair
         }
         results = {name: joined(future.result(), name == "chat") for name, future in futures.items()}
     assert results == expected
+
+
+def test_sampled_generations_at_once_keep_their_seeded_texts(client) -> None:
+    """Sampled generations opened together take turns on torch's global generator: each text is the one
+    its seed gives alone."""
+    settings = [{"temperature": 1.0, "seed": seed} for seed in (1, 2, 3)]
+    alone = [complete(client, "sampled", PROMPTS[2], max_tokens=20, **s) for s in settings]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        together = list(
+            pool.map(lambda s: complete(client, "sampled", PROMPTS[2], max_tokens=20, **s), settings)
+        )
+    assert together == alone and len(set(alone)) > 1
 
 
 # ------------------------------------------------------------------------- stop, max_tokens and seed
@@ -327,7 +357,7 @@ def test_keys_give_the_clients_own_errors(multi, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_chat_on_the_real_smollm2(tmp_path: Path) -> None:
     """SmolLM2-135M-Instruct with a zero-initialised prompt, chat-templated: the chat answer is
-    ``ptv2 predict``'s, streamed or not, and a stop sequence cuts it."""
+    ``ptv2 predict``'s, streamed or not, a stop sequence cuts it, and two streams at once each get theirs."""
     torch.manual_seed(0)
     options = {"chat_template": True, "source_template": "{source}", "max_new_tokens": 24}
     prompt = {"num_virtual_tokens": 8, "init": "zero"}
@@ -346,6 +376,17 @@ def test_chat_on_the_real_smollm2(tmp_path: Path) -> None:
         stop = want.split()[2]
         cut = client.chat.completions.create(model="assistant", messages=messages, stop=stop)
         assert cut.choices[0].message.content == want[: want.index(stop)].strip()
+        other = "Name a colour."
+        other_alone = (
+            client.chat.completions.create(model="assistant", messages=[{"role": "user", "content": other}])
+            .choices[0]
+            .message.content
+        )
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two streams at once, each its own text
+            both = pool.map(
+                lambda q: joined(streamed(client, "assistant", q, chat=True), chat=True), [question, other]
+            )
+            assert list(both) == [want, other_alone]
     finally:
         live.stop()
     print(f"SmolLM2 answered {want!r}")

@@ -4,6 +4,7 @@ options, metrics, and training end to end on tiny random models."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from ptuning_v2.experiments.untuned import evaluate_untuned
 from ptuning_v2.models import load_backbone, load_tokenizer
 from ptuning_v2.prompts.model import DeepPromptModel, mask_positions
 from ptuning_v2.tasks import get_task
+from ptuning_v2.tasks.generation import SAMPLING, seeded
 from ptuning_v2.trained.model import load_trained
 from ptuning_v2.training.recipe import train_run
 
@@ -143,6 +145,29 @@ def test_sampling_is_seeded_by_the_run(llama_dir: Path) -> None:
     model = task.build_model(load_backbone(str(llama_dir), "causal_lm")).eval()
     first, second = task.predict(model, SOURCES), task.predict(model, SOURCES)
     assert first == second
+
+
+def test_seeded_sampling_takes_turns_and_greedy_decoding_does_not_wait() -> None:
+    """A sampled call draws from the global generator seeded for it alone (and leaves it as it was), holding
+    SAMPLING; a greedy call takes neither the lock nor the generator, so it runs beside a sampled one."""
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    with seeded(7, {"do_sample": True}):
+        assert SAMPLING.locked()
+        drawn = torch.rand(3)
+    assert torch.equal(drawn, torch.rand(3, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(torch.get_rng_state(), state)
+    untouched = []
+
+    def greedy() -> None:
+        with seeded(7, {"do_sample": False}):
+            untouched.append(torch.equal(torch.get_rng_state(), state))
+
+    with SAMPLING:  # as a sampled call does
+        beside = threading.Thread(target=greedy, daemon=True)
+        beside.start()
+        beside.join(timeout=10)
+    assert untouched == [True]
 
 
 # -------------------------------------------------------------------------------------------- options

@@ -2,9 +2,9 @@
 
 A dispatcher on the event loop collects the requests that arrive within ``max_wait_ms`` of the first
 one (for any tasks, up to ``max_batch_size`` inputs) and hands them as one mixed-task batch to a free
-model thread, so the event loop never waits on the model. On an encoder backbone ``model_threads``
-batches run at once (one thread's Python between passes overlaps another's pass); generation runs one
-batch at a time (its sampling draws from torch's one global random generator). Tasks are loaded and
+model thread, so the event loop never waits on the model. ``model_threads`` batches run at once (one
+thread's Python between passes overlaps another's pass), and OpenAI-compatible generations take a
+model thread each, beside them (sampled ones take turns: ``tasks.generation.seeded``). Tasks are loaded and
 removed on a loader thread meanwhile (``store.TaskLoader``); with ``--store`` they are loaded on demand
 into a bounded cache (``store.TaskCache``). The queue of waiting requests is bounded (503 when full); on
 shutdown every accepted request is answered before the model threads end.
@@ -64,7 +64,7 @@ class Dispatcher:
         self.queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self.in_flight = 0
         """Requests accepted and not answered yet (queued, waiting for their batch, or running)."""
-        self.threads = config.model_threads if multi.kind == "encoder" else 1
+        self.threads = config.model_threads
         self.executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="ptv2-model")
         self.task: asyncio.Task | None = None
         self.closing = False
@@ -73,11 +73,8 @@ class Dispatcher:
         self.observe_pass: Callable[[int], None] = lambda rows: None
         self._turns = asyncio.Condition()
         self._busy = 0
-        """Model threads given a batch."""
+        """Model threads given a batch or a call."""
         self._running: set[asyncio.Task] = set()
-        self._alone = asyncio.Lock()
-        self._waiting_alone = 0
-        """``call``s waiting for the running batches to end, or running; no new batch starts meanwhile."""
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -92,17 +89,16 @@ class Dispatcher:
         self.executor.shutdown(wait=True)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on a model thread, alone: running batches end first and new ones wait for it."""
-        async with self._alone:
+        """``fn(*args)`` (a generation) on a model thread of its own, once one is free, beside the batches."""
+        async with self._turns:
+            await self._turns.wait_for(lambda: self._busy < self.threads)
+            self._busy += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
             async with self._turns:
-                self._waiting_alone += 1
-                await self._turns.wait_for(lambda: self._busy == 0)
-            try:
-                return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-            finally:
-                async with self._turns:
-                    self._waiting_alone -= 1
-                    self._turns.notify_all()
+                self._busy -= 1
+                self._turns.notify_all()
 
     async def predict(self, task: str, inputs: list[Any]) -> list[dict[str, Any]]:
         """The predictions of one request (or its own error), once its batch has run; 503 when
@@ -133,7 +129,7 @@ class Dispatcher:
             if first is None:
                 break
             async with self._turns:
-                await self._turns.wait_for(lambda: not self._waiting_alone and self._busy < self.threads)
+                await self._turns.wait_for(lambda: self._busy < self.threads)
                 self._busy += 1
             group = [first]
             if self.config.batching:
@@ -148,7 +144,7 @@ class Dispatcher:
         share of the requests in flight: requests that arrive together then run side by side, and their
         answers go back while the other thread computes, not in one burst that leaves both threads idle."""
         share = max(1, math.ceil(self.in_flight / self.threads))
-        parts = 1 if self._waiting_alone else max(1, min(self.threads - self._busy + 1, len(group) // share))
+        parts = max(1, min(self.threads - self._busy + 1, len(group) // share))
         self._busy += parts - 1
         return [group[len(group) * k // parts : len(group) * (k + 1) // parts] for k in range(parts)]
 

@@ -15,11 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ptuning_v2.data import DataError, DataReport
 from ptuning_v2.serving.multi_prompt import MultiPromptModel, TaskEntry
 from ptuning_v2.tasks.base import Task, encoder_inputs
+from ptuning_v2.tasks.generation import seeded
 
 
 class InputTooLongError(DataError):
@@ -133,9 +132,9 @@ def run_generation(
             )  # causal LMs: the left-padded prompts
             batch = {k: collated[prefix + k] for k in ("input_ids", "attention_mask")}
             on_pass(len(chunk))
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                ids = multi.generate(batch, [requests[r].task for r, *_ in chunk], **json.loads(options))
+            decoding = json.loads(options)
+            with seeded(seed, decoding):
+                ids = multi.generate(batch, [requests[r].task for r, *_ in chunk], **decoding)
             for (r, i, j, _), row in zip(chunk, ids, strict=True):
                 requests[r].outputs[i][j] = {"token_ids": row}
 

@@ -26,9 +26,9 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     """How long the first request of a batch waits for others."""
     model_threads: int = 2
-    """Batches that run at once on an encoder backbone (generation: one). On a CPU, ``ptv2 serve`` splits
-    torch's threads between them (``split_cpu_threads``): one batch's Python work between passes then
-    overlaps another's pass instead of leaving cores idle."""
+    """Batches (and generations) that run at once. On a CPU, ``ptv2 serve`` splits torch's threads between
+    them (``split_cpu_threads``): one batch's Python work between passes then overlaps another's pass
+    instead of leaving cores idle, and a long generation does not hold up every request behind it."""
     max_queue: int = 1024
     """Requests accepted and not yet answered; one more is answered 503."""
     max_inputs: int = 64
@@ -56,7 +56,7 @@ class ServeConfig:
 def split_cpu_threads(multi: MultiPromptModel, config: ServeConfig) -> int:
     """On a CPU, an equal share of torch's threads for each batch that runs at once (``model_threads``);
     process-wide, so ``ptv2 serve`` calls it and ``create_app`` does not. Returns torch's threads now."""
-    if multi.device.type == "cpu" and multi.kind == "encoder" and config.model_threads > 1:
+    if multi.device.type == "cpu" and config.model_threads > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // config.model_threads))
     return torch.get_num_threads()
 
@@ -80,7 +80,9 @@ class Engine(Protocol):
 
     async def predict(self, task: str, inputs: list[Any]) -> list[dict[str, Any]]: ...
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T: ...
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a model thread (the OpenAI routes' generations)."""
+        ...
 
 
 async def read_json(request: Request, limit: int) -> Any:

@@ -7,8 +7,9 @@ checkpoint's own (``task_options.generation``, ``max_new_tokens``, ``train.seed`
 greedy; above 0 samples, seeded with ``seed`` as ``ptv2 predict`` seeds with ``train.seed``. ``stop`` cuts
 the text before the first stop sequence (and ends the generation there); ``n`` is 1 only.
 
-Each request is one ``generate()`` call on the engine's model thread, alone: it holds that thread
-(other requests, of any task, wait) for its whole generation. ``stream: true`` answers with server-sent
+Each request is one ``generate()`` call on a model thread of its own, which it holds for its whole
+generation; other requests run on the other model threads meanwhile (``--model-threads``), sampled
+generations one at a time (``tasks.generation.seeded``). ``stream: true`` answers with server-sent
 events, a chunk per generated token that adds text, then ``data: [DONE]``; the chunks join to the text
 of the same request without streaming. Errors have OpenAI's shape, ``{"error": {"message", "type",
 "code"}}``, so OpenAI's clients raise their own error types (401, 404, 400, ...).
@@ -272,17 +273,19 @@ class Generation(StoppingCriteria):
         return text, stopped
 
     def run(self, multi: MultiPromptModel) -> Result:
-        """Tokenise, generate, decode: on the model thread, where tasks are also loaded and removed (a
-        task removed while the request waited is an ``UnknownTaskError``)."""
+        """Tokenise, generate, decode, on a model thread (a task removed while the request waited is an
+        ``UnknownTaskError``). Tokenising holds ``multi.tokenizing``, as the batches' does."""
         if multi.entry(self.entry.name) is not self.entry:
             raise UnknownTaskError(f"task {self.entry.name!r} was removed while its request waited")
         task = self.entry.task
-        task.report = DataReport()
-        if isinstance(self.source, str):
-            features = task.predict_features([task.parse_input(self.source)])
-        else:
-            features = task.chat_features(self.source)
-        if self.refuse_overlong and task.report.to_dict():
+        with multi.tokenizing:
+            task.report = DataReport()
+            if isinstance(self.source, str):
+                features = task.predict_features([task.parse_input(self.source)])
+            else:
+                features = task.chat_features(self.source)
+            cut = task.report.to_dict()
+        if self.refuse_overlong and cut:
             raise InputTooLongError(
                 f"the prompt is longer than task {self.entry.name!r} takes (task_options.max_source_length="
                 f"{task.options.max_source_length} tokens) and this server refuses, not truncates, overlong inputs"
@@ -318,7 +321,7 @@ def openai_routes(
     task_for: TaskResolver, engine: Callable[[], Engine], config: ServeConfig, task_names: TaskLister
 ) -> APIRouter:
     """The OpenAI-compatible routes; ``task_for`` authenticates and finds the task a request names,
-    ``engine()`` runs the model (on its one model thread)."""
+    ``engine()`` runs the model (each generation on a model thread of its own)."""
     router = APIRouter(route_class=OpenAIRoute)
     body_limit = config.max_input_chars * 4 + 65_536  # UTF-8 and JSON quoting, and the other fields
 
@@ -391,8 +394,18 @@ def openai_routes(
             return JSONResponse(reply.whole(result))
         return await stream(runner, reply, Generation.streaming(entry, source, settings, config))
 
+    sampling_turn = asyncio.Lock()
+
+    async def generate(runner: Engine, generation: Generation) -> Result:
+        """A sampled generation takes a model thread only when its turn comes (they take turns on
+        ``tasks.generation.SAMPLING``), so one waiting for its turn leaves the threads to other requests."""
+        if not decoding(generation.entry, generation.settings).get("do_sample"):
+            return await runner.call(generation.run, runner.multi)
+        async with sampling_turn:
+            return await runner.call(generation.run, runner.multi)
+
     def start(runner: Engine, generation: Generation) -> asyncio.Task[Result]:
-        """``generation`` on the model thread, counted in the engine's ``in_flight`` until it ends (also
+        """``generation`` on a model thread, counted in the engine's ``in_flight`` until it ends (also
         when its client has gone)."""
         runner.in_flight += 1
 
@@ -401,7 +414,7 @@ def openai_routes(
             if not done.cancelled():
                 done.exception()  # retrieved, also when nobody waits for it any more
 
-        running = asyncio.ensure_future(runner.call(generation.run, runner.multi))
+        running = asyncio.ensure_future(generate(runner, generation))
         running.add_done_callback(ended)
         return running
 

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model-threads",
         type=int,
         default=2,
-        help="batches run at once on an encoder backbone, each with a share of the CPU threads (generation: 1)",
+        help="batches (and generations) run at once, each with a share of the CPU threads",
     )
     p.add_argument("--max-queue", type=int, default=1024, help="waiting requests before answering 503")
     p.add_argument("--max-inputs", type=int, default=64, help="inputs per request (413 past it)")

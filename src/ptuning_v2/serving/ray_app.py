@@ -51,7 +51,7 @@ Outcome = list[dict[str, Any]] | Exception
 
 class ReplicaEngine:
     """app.py's ``Engine`` in one replica: Ray Serve's batcher in front of one model thread (batches,
-    task loads and removals never run at the same time)."""
+    generations, task loads and removals never run at the same time)."""
 
     def __init__(self, multi: MultiPromptModel, config: ServeConfig) -> None:
         self.multi = multi

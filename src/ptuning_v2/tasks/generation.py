@@ -28,9 +28,11 @@ from __future__ import annotations
 import json
 import math
 import string
+import threading
 from abc import abstractmethod
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -59,6 +61,23 @@ DECODING_OPTIONS = frozenset(
         "early_stopping",
     }
 )
+
+
+SAMPLING = threading.Lock()
+"""Held by a sampled generation: seeded sampling draws from torch's one global generator, so sampled
+generations take turns; greedy ones (and beam search) draw nothing and run beside them."""
+
+
+@contextmanager
+def seeded(seed: int, decoding: Mapping[str, Any]) -> Iterator[None]:
+    """Around a ``generate()`` call with ``decoding`` options: when they sample, the global generator seeded
+    with ``seed`` for the call alone (its state is restored after it), one sampled call at a time."""
+    if not decoding.get("do_sample"):
+        yield
+        return
+    with SAMPLING, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 @dataclass
@@ -299,9 +318,9 @@ class GenerationTask(Task):
     ) -> list[list[int]]:
         """New token ids per example; sampling is seeded with ``seed`` (default ``train.seed``) batch by
         batch. ``decoding`` replaces ``self.decoding()`` (a server's per-request settings)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.train.seed if seed is None else seed)
-            return model.generate(batch, **(self.decoding() if decoding is None else decoding))
+        decoding = self.decoding() if decoding is None else decoding
+        with seeded(self.config.train.seed if seed is None else seed, decoding):
+            return model.generate(batch, **decoding)
 
     def generate_texts(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
         ids = self.generate_ids(model, batch)
