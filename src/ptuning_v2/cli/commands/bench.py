@@ -46,8 +46,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="instead: one batch of 32 texts from 1..32 distinct tasks, MultiPromptModel.run against the plain "
         "backbone and PEFT's mixed-adapter LoRA batch (writes distinct_tasks.json and distinct_tasks.md)",
     )
+    p.add_argument(
+        "--streams",
+        action="store_true",
+        help="instead: two OpenAI-compatible streams at once against one alone, on ptv2 serve with "
+        "--model-threads 1 and 2 (writes streams.json and streams.md)",
+    )
+    p.add_argument("--stream-tokens", type=int, default=64, help="new tokens per stream for --streams")
     p.add_argument("--requests-per-task", type=int, default=64, help="requests per task for --multitask")
-    p.add_argument("--rounds", type=int, default=5, help="timing rounds for --multitask and --distinct-tasks")
+    p.add_argument(
+        "--rounds", type=int, default=5, help="timing rounds for --multitask, --distinct-tasks and --streams"
+    )
     p.add_argument("--seq-len", type=int, default=2048, help="sequence length for --checkpointing")
     p.add_argument("--batch-size", type=int, default=1, help="batch size for --checkpointing")
     p.add_argument("--encoder", default="minilm", help="encoder model (alias, folder or hub name)")
@@ -88,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         return run_multitask(args)
     if args.distinct_tasks:
         return run_distinct_tasks(args)
+    if args.streams:
+        return run_streams(args)
     if args.profile:
         suite = profile_suite(args.encoder, args.decoder, args.quick)
     elif args.size_rows:
@@ -180,6 +191,22 @@ def run_distinct_tasks(args: argparse.Namespace) -> int:
     )  # fmt: skip
     distinct_tasks.write(result, Path(args.output_dir))
     print(distinct_tasks.markdown(result))
+    return 0
+
+
+def run_streams(args: argparse.Namespace) -> int:
+    from ptuning_v2.benchmarks import streams
+    from ptuning_v2.config import ConfigError
+
+    if args.rounds < 1 or args.stream_tokens < 1:
+        raise ConfigError("--rounds and --stream-tokens must be at least 1")
+    command = (
+        f"ptv2 bench --streams --decoder {args.decoder} --stream-tokens {args.stream_tokens} "
+        f"--rounds {args.rounds} --output-dir {args.output_dir}"
+    )
+    result = streams.run_streams(args.decoder, args.stream_tokens, args.rounds, command)
+    streams.write(result, Path(args.output_dir))
+    print(streams.markdown(result))
     return 0
 
 
