@@ -119,3 +119,30 @@ def test_serve_splits_the_cpu_threads_between_the_model_threads(kind, threads, e
         assert split_cpu_threads(backbone(kind), ServeConfig(model_threads=threads)) == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_stop_answers_the_calls_that_wait_for_a_thread() -> None:
+    """Shutting down while a call runs and others wait for the thread: each is answered (an error is its
+    caller's), and one whose caller went away still ends before the threads do."""
+    dispatcher = Dispatcher(backbone("causal_lm"), ServeConfig(model_threads=1))
+    ended = []
+
+    def generation(name: str) -> str:
+        time.sleep(0.1)
+        ended.append(name)
+        if name == "failing":
+            raise ValueError(name)
+        return name
+
+    async def scenario() -> list:
+        dispatcher.start()
+        names = ("first", "second", "failing", "abandoned")
+        calls = [asyncio.ensure_future(dispatcher.call(generation, name)) for name in names]
+        await asyncio.sleep(0.05)
+        calls[-1].cancel()
+        await dispatcher.stop()
+        return await asyncio.gather(*calls[:-1], return_exceptions=True)
+
+    first, second, failing = asyncio.run(scenario())
+    assert (first, second, repr(failing)) == ("first", "second", "ValueError('failing')")
+    assert ended == ["first", "second", "failing", "abandoned"]

@@ -85,11 +85,24 @@ class Dispatcher:
         await self.queue.put(None)
         if self.task is not None:
             await self.task
-        await asyncio.gather(*self._running)
+        await asyncio.gather(*self._running, return_exceptions=True)  # each error went to its own caller
         self.executor.shutdown(wait=True)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` (a generation) on a model thread of its own, once one is free, beside the batches."""
+        """``fn(*args)`` (a generation) on a model thread of its own, once one is free, beside the batches;
+        ``stop`` waits for it, also while it waits for a thread, and a caller that goes away leaves it to
+        end (its thread is busy until then)."""
+        running = asyncio.ensure_future(self._call(fn, *args))
+        self._running.add(running)
+        running.add_done_callback(self._ended)
+        return await asyncio.shield(running)
+
+    def _ended(self, call: asyncio.Task) -> None:
+        self._running.discard(call)
+        if not call.cancelled():
+            call.exception()  # retrieved: its caller, if still there, gets it through the shield
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._turns:
             await self._turns.wait_for(lambda: self._busy < self.threads)
             self._busy += 1
