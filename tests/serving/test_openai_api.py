@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 import torch
-from serving_checks import InProcessServer, cli_predict
+from serving_checks import InProcessServer, cli_predict, metric
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from ptuning_v2.benchmarks.multitask import random_checkpoint
@@ -73,9 +73,12 @@ def multi(generation_tasks: dict[str, Path]) -> MultiPromptModel:
     return MultiPromptModel.from_checkpoints(generation_tasks, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def server(multi: MultiPromptModel) -> Iterator[InProcessServer]:
-    live = InProcessServer(multi, ServeConfig(max_tokens=40))
+@pytest.fixture(scope="module", params=["generate", "decode loop"])
+def server(multi: MultiPromptModel, request: pytest.FixtureRequest) -> Iterator[InProcessServer]:
+    """Every test against both ways of generating: one ``generate()`` call per request, and the decode
+    loop of ``--decode-batching``."""
+    live = InProcessServer(multi, ServeConfig(max_tokens=40, decode_batching=request.param == "decode loop"))
+    live.decode_batching = request.param == "decode loop"
     yield live
     live.stop()
 
@@ -187,10 +190,12 @@ def test_stream_is_server_sent_events_ending_with_done(server) -> None:
 
 
 @pytest.mark.parametrize("pair", [("plain", "chat"), ("plain", "sampled")])
-def test_two_tasks_stream_at_once(client, monkeypatch, pair) -> None:
+def test_two_tasks_stream_at_once(client, server, monkeypatch, pair) -> None:
     """Two streams opened together, for two tasks, are generated at the same time, each on a model thread
     of its own (a sampled one too): neither goes past its first token until the other has one. Each gets
     the text it gets alone."""
+    if server.decode_batching:
+        pytest.skip("in the decode loop two streams are rows of one pass: test_streams_join_the_decode_loop")
 
     def alone(name: str) -> str:
         if name == "chat":
@@ -220,6 +225,32 @@ def test_two_tasks_stream_at_once(client, monkeypatch, pair) -> None:
         }
         results = {name: joined(future.result(), name == "chat") for name, future in futures.items()}
     assert results == expected
+
+
+def test_streams_join_the_decode_loop(multi) -> None:
+    """With --decode-batching, streams opened while others run join them: one backbone pass serves several
+    rows (three tasks, one sampling), and each text is the one the request gets alone."""
+    live = InProcessServer(multi, ServeConfig(max_tokens=40, decode_batching=True))
+    try:
+        client = openai_client(live)
+        jobs = [("plain", PROMPTS[0], False), ("chat", PROMPTS[1], True), ("sampled", PROMPTS[2], False)]
+        alone = [joined(streamed(client, name, text, chat, max_tokens=30), chat) for name, text, chat in jobs]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            futures = [
+                pool.submit(streamed, client, name, text, chat, max_tokens=30) for name, text, chat in jobs
+            ]
+            together = [joined(f.result(), chat) for f, (_, _, chat) in zip(futures, jobs, strict=True)]
+        passes = metric(live.url, "ptv2_batch_rows_count")
+        text = httpx.get(f"{live.url}/metrics", timeout=30).text
+        (one_row,) = [
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if 'ptv2_batch_rows_bucket{le="1.0"}' in line
+        ]
+    finally:
+        live.stop()
+    assert together == alone
+    assert passes > one_row  # some passes ran more than one row
 
 
 def test_sampled_generations_at_once_keep_their_seeded_texts(client) -> None:
@@ -356,40 +387,48 @@ def test_keys_give_the_clients_own_errors(multi, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_chat_on_the_real_smollm2(tmp_path: Path) -> None:
-    """SmolLM2-135M-Instruct with a zero-initialised prompt, chat-templated: the chat answer is
-    ``ptv2 predict``'s, streamed or not, a stop sequence cuts it, and two streams at once each get theirs."""
+    """SmolLM2-135M-Instruct with a zero-initialised prompt, chat-templated, served with and without
+    --decode-batching: the chat answer is ``ptv2 predict``'s, streamed or not, a stop sequence cuts it, two
+    streams at once each get theirs, and a seeded sampled answer is the same both ways."""
     torch.manual_seed(0)
     options = {"chat_template": True, "source_template": "{source}", "max_new_tokens": 24}
     prompt = {"num_virtual_tokens": 8, "init": "zero"}
     folder = random_checkpoint("smollm2", tmp_path / "checkpoint", "causal_lm", prompt, {}, options)
-    question = "What is the capital of France?"
+    question, other = "What is the capital of France?", "Name a colour."
     want = cli_predict(folder, [question])[0]["generated"]
-    live = InProcessServer(
-        MultiPromptModel.from_checkpoints({"assistant": folder}, device="cpu"), ServeConfig()
-    )
-    try:
+    multi = MultiPromptModel.from_checkpoints({"assistant": folder}, device="cpu")
+
+    def served(decode_batching: bool) -> str:
+        """The checks against one server; its seeded sampled answer."""
+        live = InProcessServer(multi, ServeConfig(decode_batching=decode_batching))
         client = openai_client(live)
-        messages = [{"role": "user", "content": question}]
-        answer = client.chat.completions.create(model="assistant", messages=messages)
-        assert answer.choices[0].message.content == want and want
-        assert joined(streamed(client, "assistant", question, chat=True), chat=True) == want
-        stop = want.split()[2]
-        cut = client.chat.completions.create(model="assistant", messages=messages, stop=stop)
-        assert cut.choices[0].message.content == want[: want.index(stop)].strip()
-        other = "Name a colour."
-        other_alone = (
-            client.chat.completions.create(model="assistant", messages=[{"role": "user", "content": other}])
-            .choices[0]
-            .message.content
-        )
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two streams at once, each its own text
-            both = pool.map(
-                lambda q: joined(streamed(client, "assistant", q, chat=True), chat=True), [question, other]
+
+        def ask(text: str, **settings) -> str:
+            messages = [{"role": "user", "content": text}]
+            return (
+                client.chat.completions.create(model="assistant", messages=messages, **settings)
+                .choices[0]
+                .message.content
             )
-            assert list(both) == [want, other_alone]
-    finally:
-        live.stop()
-    print(f"SmolLM2 answered {want!r}")
+
+        def stream(text: str) -> str:
+            return joined(streamed(client, "assistant", text, chat=True), chat=True)
+
+        try:
+            assert ask(question) == want and want
+            assert stream(question) == want
+            stop = want.split()[2]
+            assert ask(question, stop=stop) == want[: want.index(stop)].strip()
+            other_alone = ask(other)
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two streams at once, each its own text
+                assert list(pool.map(stream, [question, other])) == [want, other_alone]
+            return ask(other, temperature=0.9, seed=5)
+        finally:
+            live.stop()
+
+    sampled = [served(decode_batching) for decode_batching in (False, True)]
+    assert sampled[0] == sampled[1]
+    print(f"SmolLM2 answered {want!r}; sampled {sampled[0]!r}")
 
 
 class CleaningTokenizer:

@@ -49,6 +49,9 @@ class ServeConfig:
     """One JSON line per request on stdout (``observability.configure_access_log``)."""
     log_inputs: bool = False
     """Write the inputs themselves into the access log (off: only their count)."""
+    decode_batching: bool = False
+    """OpenAI-compatible generations in one decode loop, new requests joining at its next step
+    (``decode_batching.py``), instead of one ``generate()`` call each."""
     max_tokens: int = 1024
     """The most new tokens an OpenAI-compatible request may ask for (``max_tokens``; 400 past it)."""
 

@@ -36,6 +36,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from ptuning_v2.config import ConfigError
 from ptuning_v2.data import DataError, DataReport
 from ptuning_v2.serving.batching import InputTooLongError
+from ptuning_v2.serving.decode_batching import DecodeBatcher
 from ptuning_v2.serving.engine import Engine, ServeConfig, read_json
 from ptuning_v2.serving.multi_prompt import MultiPromptModel, TaskEntry, UnknownTaskError
 from ptuning_v2.serving.observability import openai_error_type
@@ -272,9 +273,10 @@ class Generation(StoppingCriteria):
             self.send(text)
         return text, stopped
 
-    def run(self, multi: MultiPromptModel) -> Result:
-        """Tokenise, generate, decode, on a model thread (a task removed while the request waited is an
-        ``UnknownTaskError``). Tokenising holds ``multi.tokenizing``, as the batches' does."""
+    def prepare(self, multi: MultiPromptModel) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The prompt as a batch of one, and the ``generate()`` options; on a model thread (a task removed
+        while the request waited is an ``UnknownTaskError``). Tokenising holds ``multi.tokenizing``, as the
+        batches' does."""
         if multi.entry(self.entry.name) is not self.entry:
             raise UnknownTaskError(f"task {self.entry.name!r} was removed while its request waited")
         task = self.entry.task
@@ -292,14 +294,26 @@ class Generation(StoppingCriteria):
             )
         batch = next(batches(task, features[0], 1, next(self.entry.model.parameters()).device))
         self.prompt_width = batch["prompt_input_ids"].shape[1]
-        options = decoding(self.entry, self.settings)
+        return batch, decoding(self.entry, self.settings)
+
+    def sampling_seed(self) -> int:
+        """The request's ``seed``, else the checkpoint's ``train.seed`` (as ``ptv2 predict`` seeds)."""
+        return self.entry.task.config.train.seed if self.settings.seed is None else self.settings.seed
+
+    def finish(self, ids: list[int], max_new_tokens: int) -> Result:
+        """The answer from the new token ids."""
+        text, stopped = self.answer(ids)
+        ended = stopped or (bool(ids) and ids[-1] == self.entry.task.tokenizer.eos_token_id)
+        finish = "length" if not ended and len(ids) >= max_new_tokens else "stop"
+        return Result(text, finish, self.prompt_width, len(ids))
+
+    def run(self, multi: MultiPromptModel) -> Result:
+        """Tokenise, one ``generate()`` call, decode, on a model thread."""
+        batch, options = self.prepare(multi)
         if options.get("num_beams", 1) == 1:  # beam search ranks whole beams: it is cut after it ends
             options["stopping_criteria"] = StoppingCriteriaList([self])
-        (ids,) = task.generate_ids(self.entry.model, batch, options, self.settings.seed)
-        text, stopped = self.answer(ids)
-        ended = stopped or (bool(ids) and ids[-1] == task.tokenizer.eos_token_id)
-        finish = "length" if not ended and len(ids) >= options["max_new_tokens"] else "stop"
-        return Result(text, finish, self.prompt_width, len(ids))
+        (ids,) = self.entry.task.generate_ids(self.entry.model, batch, options, self.sampling_seed())
+        return self.finish(ids, options["max_new_tokens"])
 
 
 def http_error(exc: Exception) -> HTTPException:
@@ -395,11 +409,20 @@ def openai_routes(
         return await stream(runner, reply, Generation.streaming(entry, source, settings, config))
 
     sampling_turn = asyncio.Lock()
+    decode_loops: dict[int, DecodeBatcher] = {}
 
     async def generate(runner: Engine, generation: Generation) -> Result:
-        """A sampled generation takes a model thread only when its turn comes (they take turns on
-        ``tasks.generation.SAMPLING``), so one waiting for its turn leaves the threads to other requests."""
-        if not decoding(generation.entry, generation.settings).get("do_sample"):
+        """With ``--decode-batching``, in the decode loop when it reproduces the request's settings. Else
+        one ``generate()`` call; a sampled one takes a model thread only when its turn comes (they take
+        turns on ``tasks.generation.SAMPLING``), so one waiting for its turn leaves the threads to others."""
+        options = decoding(generation.entry, generation.settings)
+        if config.decode_batching:
+            if id(runner) not in decode_loops:
+                decode_loops[id(runner)] = DecodeBatcher(runner.multi, config.max_batch_size)
+            loop = decode_loops[id(runner)]
+            if loop.reproduces(options):
+                return await loop.submit(runner, generation)
+        if not options.get("do_sample"):
             return await runner.call(generation.run, runner.multi)
         async with sampling_turn:
             return await runner.call(generation.run, runner.multi)

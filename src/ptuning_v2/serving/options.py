@@ -57,6 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-tokens", type=int, default=1024, help="new tokens an OpenAI-compatible request may ask for"
     )
+    p.add_argument(
+        "--decode-batching",
+        action="store_true",
+        help="OpenAI-compatible generations share one decode loop, new ones joining at its next step",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
     ray = p.add_argument_group("Ray Serve (pip install -e '.[ray]'; see docs/serving.md)")
     ray.add_argument(
@@ -120,6 +125,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         overlong=args.overlong,
         batching=not args.no_batching,
         max_tokens=args.max_tokens,
+        decode_batching=args.decode_batching,
         store=str(Path(args.store).resolve()) if args.store else None,
         max_loaded_tasks=args.max_loaded_tasks,
         cache_mb=args.cache_mb,
