@@ -479,3 +479,32 @@ def test_a_task_removed_while_its_request_waited_is_not_found(multi, generation_
     with pytest.raises(UnknownTaskError, match="removed while its request waited"):
         Generation(stale, "the movie", Settings(), refuse_overlong=False).run(multi)
     assert Generation(multi.entry("sampled"), "the movie", Settings(), refuse_overlong=False).run(multi).text
+
+
+def test_a_task_removed_while_its_rows_decode_ends_only_its_requests(generation_tasks, monkeypatch) -> None:
+    """In the decode loop, removing a task ends its running request with a not-found error; the stream of
+    another task in the same passes goes on to its own text."""
+    multi = MultiPromptModel.from_checkpoints(generation_tasks, device="cpu")
+    live = InProcessServer(multi, ServeConfig(max_tokens=40, decode_batching=True))
+    client = openai_client(live)
+    try:
+        plain_alone = joined(streamed(client, "plain", PROMPTS[0], max_tokens=30))
+        seen: set[str] = set()
+        step = Generation.__call__
+
+        def remove_chat_once_both_run(self, input_ids, scores, **kwargs):
+            seen.add(self.entry.name)
+            if self.entry.name == "plain" and "chat" in seen and "chat" in multi.tasks:
+                multi.remove("chat")
+            return step(self, input_ids, scores, **kwargs)
+
+        monkeypatch.setattr(Generation, "__call__", remove_chat_once_both_run)
+        messages = [{"role": "user", "content": PROMPTS[1]}]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            plain = pool.submit(streamed, client, "plain", PROMPTS[0], max_tokens=30)
+            chat = pool.submit(client.chat.completions.create, model="chat", messages=messages, max_tokens=30)
+            assert joined(plain.result()) == plain_alone
+            with pytest.raises(openai.NotFoundError, match="removed while its request ran"):
+                chat.result()
+    finally:
+        live.stop()

@@ -34,6 +34,7 @@ def one_line_error(capsys) -> str:
         (["--max-loaded-tasks", "0"], "--max-loaded-tasks: expected a positive number"),
         (["--cache-mb", "0"], "--cache-mb: expected a positive number"),
         (["--model-threads", "0"], "--model-threads: expected a positive number"),
+        (["--ray", "--decode-batching"], "--decode-batching is for one process"),
     ],
 )
 def test_options_are_checked_before_loading(args, words, capsys) -> None:

@@ -1,12 +1,16 @@
-"""Two OpenAI-compatible streams at once: does the second wait for the first?
+"""OpenAI-compatible streams at once: does a stream wait for the others, and what do they cost together?
 
 Two chat tasks on one decoder backbone (random prompts: what serving costs does not depend on trained
-values), each decoding exactly ``tokens`` new tokens (``min_new_tokens`` = ``max_new_tokens``, greedy), are
-served by a real ``ptv2 serve`` process with ``--model-threads`` 1 and then 2 (on a CPU it gives each model
-thread an equal share of torch's threads). Per round: one stream alone, then one stream per task opened
-together. Reported, as medians over rounds: the time to the first text chunk and to the end of each
-stream, and the rate of new tokens. Every stream opened together must join to the text of the same
-request alone.
+values), every stream decoding exactly ``tokens`` new tokens (``min_new_tokens`` = ``max_new_tokens``,
+greedy), served by a real ``ptv2 serve`` process in four ways (``WAYS``): one generation at a time
+(``--model-threads 1``), one ``generate()`` call per stream on each of two model threads (the default;
+on a CPU each thread gets an equal share of torch's threads), and iteration-level batching
+(``--decode-batching``: one decode loop, every running stream a row of each backbone pass) with two
+model threads (the loop on one core's share, the other thread free for predict batches) and with one.
+Per round and per count of streams (1, 2, 4, ...), that many streams are opened at once, over both tasks
+in turn. Reported, as medians over rounds: when the last stream got its first text chunk, when the last
+one ended, and the new tokens per second of all of them together. Every stream must join to the text of
+the same request alone.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import torch
@@ -27,7 +30,23 @@ from ptuning_v2.benchmarks.multitask import random_checkpoint
 from ptuning_v2.serving.loadtest import server_process
 from ptuning_v2.utils.io import write_json_atomic, write_text_atomic
 
-QUESTIONS = ("What is the capital of France?", "Name three colours of the rainbow.")
+QUESTIONS = (
+    "What is the capital of France?",
+    "Name three colours of the rainbow.",
+    "How many legs does a spider have?",
+    "What do bees make?",
+    "Why is the sky blue?",
+    "What is the largest ocean?",
+    "Who wrote Hamlet?",
+    "What is water made of?",
+)
+WAYS = {
+    "one at a time (--model-threads 1)": ["--model-threads", "1"],
+    "one generate() per stream (--model-threads 2)": ["--model-threads", "2"],
+    "decode loop (--decode-batching, --model-threads 2)": ["--model-threads", "2", "--decode-batching"],
+    "decode loop (--decode-batching, --model-threads 1)": ["--model-threads", "1", "--decode-batching"],
+}
+"""``ptv2 serve`` flags of each way; two model threads split the CPU threads, one has them all."""
 
 
 @dataclass
@@ -46,11 +65,11 @@ class StreamsResult:
     rounds: int
     cpu_threads: int
     """torch's threads in the server before it splits them between its model threads."""
-    by_model_threads: dict[int, dict[str, Any]]
-    """``--model-threads`` -> medians: ``alone`` (first chunk, end, tokens/s) and ``together`` (the
-    earlier and the later first chunk, the end of both, tokens/s of both streams together)."""
+    by_way: dict[str, dict[int, dict[str, float]]]
+    """Way of serving -> streams at once -> medians over rounds: ``last_first_chunk_s`` (when the last
+    stream got its first chunk), ``last_end_s`` (when the last one ended), ``tokens_per_s`` (all of them)."""
     wrong: int
-    """Streams opened together whose text is not that of the same request alone."""
+    """Streams whose text is not that of the same request alone."""
     command: str
 
 
@@ -74,41 +93,38 @@ def stream(url: str, task: str, question: str, tokens: int) -> StreamTiming:
 
 
 def measure_server(
-    url: str, jobs: list[tuple[str, str]], tokens: int, rounds: int
-) -> tuple[dict[str, Any], int]:
-    """Medians over ``rounds`` of the first (task, question) job streamed alone and of every job streamed
-    at once; the count of streams at once whose text differs from the same job alone."""
-    alone_text = [stream(url, task, question, tokens).text for task, question in jobs]
-    alone, together, wrong = [], [], 0
-    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+    url: str, jobs: list[tuple[str, str]], counts: tuple[int, ...], tokens: int, rounds: int
+) -> tuple[dict[int, dict[str, float]], int]:
+    """Per count of streams, medians over ``rounds`` of the first ``count`` (task, question) jobs streamed
+    at once; the count of streams whose text differs from the same job alone."""
+    alone = [stream(url, task, question, tokens).text for task, question in jobs]
+    runs: dict[int, list[list[StreamTiming]]] = {count: [] for count in counts}
+    wrong = 0
+    with concurrent.futures.ThreadPoolExecutor(max(counts)) as pool:
         for _ in range(rounds):
-            alone.append(stream(url, *jobs[0], tokens))
-            both = list(pool.map(lambda job: stream(url, *job, tokens), jobs))
-            wrong += sum(run.text != text for run, text in zip(both, alone_text, strict=True))
-            together.append(both)
+            for count in counts:
+                timings = list(pool.map(lambda job: stream(url, *job, tokens), jobs[:count]))
+                wrong += sum(t.text != text for t, text in zip(timings, alone, strict=False))
+                runs[count].append(timings)
 
     def median(values: list[float]) -> float:
         return round(statistics.median(values), 3)
 
     return {
-        "alone": {
-            "first_chunk_s": median([r.first_chunk_s for r in alone]),
-            "end_s": median([r.end_s for r in alone]),
-            "tokens_per_s": median([tokens / r.end_s for r in alone]),
-        },
-        "together": {
-            "earlier_first_chunk_s": median([min(r.first_chunk_s for r in both) for both in together]),
-            "later_first_chunk_s": median([max(r.first_chunk_s for r in both) for both in together]),
-            "both_end_s": median([max(r.end_s for r in both) for both in together]),
-            "tokens_per_s": median([len(both) * tokens / max(r.end_s for r in both) for both in together]),
-        },
+        count: {
+            "last_first_chunk_s": median([max(t.first_chunk_s for t in timings) for timings in done]),
+            "last_end_s": median([max(t.end_s for t in timings) for timings in done]),
+            "tokens_per_s": median([count * tokens / max(t.end_s for t in timings) for timings in done]),
+        }
+        for count, done in runs.items()
     }, wrong
 
 
-def run_streams(model: str, tokens: int, rounds: int, command: str) -> StreamsResult:
+def run_streams(model: str, tokens: int, rounds: int, counts: tuple[int, ...], command: str) -> StreamsResult:
     tasks = ["task-a", "task-b"]
     options = {"chat_template": True, "source_template": "{source}", "max_new_tokens": tokens}
     options["generation"] = {"min_new_tokens": tokens}
+    jobs = [(tasks[i % len(tasks)], question) for i, question in enumerate(QUESTIONS)]
     measured, wrong = {}, 0
     with tempfile.TemporaryDirectory() as tmp:
         folders = []
@@ -116,47 +132,40 @@ def run_streams(model: str, tokens: int, rounds: int, command: str) -> StreamsRe
             torch.manual_seed(seed)
             prompt = {"num_virtual_tokens": 8, "init_std": 0.02}
             folders.append(str(random_checkpoint(model, Path(tmp) / task, "causal_lm", prompt, {}, options)))
-        for threads in (1, 2):
-            args = [
-                "--prompts",
-                *folders,
-                "--names",
-                *tasks,
-                "--model-threads",
-                str(threads),
-                "--no-access-log",
-            ]
-            with server_process(args, Path(tmp) / f"server_{threads}.log") as (url, _pid):
-                measured[threads], bad = measure_server(
-                    url, list(zip(tasks, QUESTIONS, strict=True)), tokens, rounds
-                )
+        for way, flags in WAYS.items():
+            args = ["--prompts", *folders, "--names", *tasks, *flags, "--no-access-log"]
+            with server_process(args, Path(tmp) / "server.log") as (url, _pid):
+                measured[way], bad = measure_server(url, jobs, counts, tokens, rounds)
             wrong += bad
     return StreamsResult(model, tokens, rounds, torch.get_num_threads(), measured, wrong, command)
 
 
 def markdown(result: StreamsResult) -> str:
+    counts = list(next(iter(result.by_way.values())))
+    header = " | ".join(f"{count} at once" for count in counts)
     rows = []
-    for threads, m in result.by_model_threads.items():
-        alone, together = m["alone"], m["together"]
-        rows.append(
-            f"| {threads} | {alone['first_chunk_s']:.2f} | {alone['end_s']:.2f} | {alone['tokens_per_s']:.1f} | "
-            f"{together['earlier_first_chunk_s']:.2f} | **{together['later_first_chunk_s']:.2f}** | "
-            f"{together['both_end_s']:.2f} | {together['tokens_per_s']:.1f} |"
-        )
+    for label, key, unit in (
+        ("the last stream's first chunk", "last_first_chunk_s", "s"),
+        ("the last stream's end", "last_end_s", "s"),
+        ("new tokens per second, all streams", "tokens_per_s", ""),
+    ):
+        rows.append(f"| **{label}** | {' | '.join('' for _ in counts)} |")
+        for way, measured in result.by_way.items():
+            cells = " | ".join(f"{measured[count][key]:.2f}{unit}" for count in counts)
+            rows.append(f"| {way} | {cells} |")
     return "\n".join(
         [
-            f"# Two streams at once: {result.model}",
+            f"# Streams at once: {result.model}",
             "",
             f"Command: `{result.command}`",
             "",
-            f"Two chat tasks (random prompts, k = 8) on one backbone, each stream exactly {result.tokens} new "
-            f"tokens (greedy), served by `ptv2 serve` with {result.cpu_threads} CPU threads split between its "
-            f"model threads. Medians of {result.rounds} rounds; seconds from the request. Streams opened "
-            f"together whose text differs from the same request alone: **{result.wrong}**.",
+            f"Two chat tasks (random prompts, k = 8) on one backbone; every stream exactly {result.tokens} new "
+            f"tokens (greedy), the streams over both tasks in turn, served by `ptv2 serve` with "
+            f"{result.cpu_threads} CPU threads. Medians of {result.rounds} rounds; seconds from the requests. "
+            f"Streams whose text differs from the same request alone: **{result.wrong}**.",
             "",
-            "| --model-threads | alone: first chunk | alone: end | alone: tokens/s | together: earlier first "
-            "chunk | together: later first chunk | together: both ended | together: tokens/s (both) |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| way of serving | {header} |",
+            "|---|" + "---|" * len(counts),
             *rows,
             "",
         ]

@@ -42,7 +42,7 @@ from transformers import (
 from ptuning_v2.injection.attention import PROMPTS_KWARG
 from ptuning_v2.prompts.model import decoder_positions
 from ptuning_v2.serving.engine import Engine
-from ptuning_v2.serving.multi_prompt import MultiPromptModel, TaskEntry
+from ptuning_v2.serving.multi_prompt import MultiPromptModel, TaskEntry, UnknownTaskError
 
 LOOP_OPTIONS = frozenset(
     {"max_new_tokens", "pad_token_id", "eos_token_id", "do_sample", "temperature", "top_k", "top_p"}
@@ -242,27 +242,47 @@ class DecodeBatcher:
 
     def _step(self) -> None:
         """One backbone pass over every row's last token; rows that end leave the batch."""
+        try:
+            delivery = self.multi.delivery([row.task for row in self.rows])
+        except UnknownTaskError:  # a task removed while its rows ran: they end, the others go on
+            gone = [i for i, row in enumerate(self.rows) if self._removed(row)]
+            if not gone:
+                raise
+            self._keep([i for i in range(len(self.rows)) if i not in gone])
+            return
         last = torch.tensor([[row.new[-1]] for row in self.rows], device=self._mask.device)
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=1)
         positions = torch.tensor([[row.position + 1] for row in self.rows], device=last.device)
         out = self.multi.backbone(
             input_ids=last, attention_mask=self._mask, position_ids=positions, **{self._cache_keyword: self._cache},
-            use_cache=True, **{PROMPTS_KWARG: self.multi.delivery([row.task for row in self.rows])},
+            use_cache=True, **{PROMPTS_KWARG: delivery},
         )  # fmt: skip
         keep = []
         for i, row in enumerate(self.rows):
             row.position += 1
             if not self._choose(row, out.logits[i : i + 1, -1]):
                 keep.append(i)
-        if len(keep) < len(self.rows):
-            self.rows = [self.rows[i] for i in keep]
-            if not self.rows:
-                self._cache, self._mask = None, None
-                return
-            index = torch.tensor(keep, device=self._mask.device)
-            self._cache.batch_select_indices(index)
-            self._mask = self._mask[index]
-            self._trim()
+        self._keep(keep)
+
+    def _removed(self, row: Row) -> bool:
+        """Whether the row's task is no longer the one it started with (its request then fails)."""
+        if self.multi.tasks.get(row.task) is row.request.entry:
+            return False
+        row.future.set_exception(UnknownTaskError(f"task {row.task!r} was removed while its request ran"))
+        return True
+
+    def _keep(self, keep: list[int]) -> None:
+        """Only the rows at ``keep`` go on (with their cache rows)."""
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not self.rows:
+            self._cache, self._mask = None, None
+            return
+        index = torch.tensor(keep, device=self._mask.device)
+        self._cache.batch_select_indices(index)
+        self._mask = self._mask[index]
+        self._trim()
 
     def _trim(self) -> None:
         """Drop the columns of left padding that no remaining row needs any more."""

@@ -9,7 +9,8 @@ the text before the first stop sequence (and ends the generation there); ``n`` i
 
 Each request is one ``generate()`` call on a model thread of its own, which it holds for its whole
 generation; other requests run on the other model threads meanwhile (``--model-threads``), sampled
-generations one at a time (``tasks.generation.seeded``). ``stream: true`` answers with server-sent
+generations one at a time (``tasks.generation.seeded``). With ``--decode-batching`` a request is instead
+a row of the one decode loop (``decode_batching.py``). ``stream: true`` answers with server-sent
 events, a chunk per generated token that adds text, then ``data: [DONE]``; the chunks join to the text
 of the same request without streaming. Errors have OpenAI's shape, ``{"error": {"message", "type",
 "code"}}``, so OpenAI's clients raise their own error types (401, 404, 400, ...).

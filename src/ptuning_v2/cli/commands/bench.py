@@ -49,10 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--streams",
         action="store_true",
-        help="instead: two OpenAI-compatible streams at once against one alone, on ptv2 serve with "
-        "--model-threads 1 and 2 (writes streams.json and streams.md)",
+        help="instead: 1, 2, 4, 8 OpenAI-compatible streams at once on ptv2 serve, one at a time, on two model "
+        "threads and with --decode-batching (writes streams.json and streams.md)",
     )
     p.add_argument("--stream-tokens", type=int, default=64, help="new tokens per stream for --streams")
+    p.add_argument(
+        "--stream-counts", type=int, nargs="+", default=[1, 2, 4, 8], help="streams at once for --streams"
+    )
     p.add_argument("--requests-per-task", type=int, default=64, help="requests per task for --multitask")
     p.add_argument(
         "--rounds", type=int, default=5, help="timing rounds for --multitask, --distinct-tasks and --streams"
@@ -198,13 +201,16 @@ def run_streams(args: argparse.Namespace) -> int:
     from ptuning_v2.benchmarks import streams
     from ptuning_v2.config import ConfigError
 
-    if args.rounds < 1 or args.stream_tokens < 1:
-        raise ConfigError("--rounds and --stream-tokens must be at least 1")
+    if args.rounds < 1 or args.stream_tokens < 1 or min(args.stream_counts) < 1:
+        raise ConfigError("--rounds, --stream-tokens and --stream-counts must be at least 1")
+    if max(args.stream_counts) > len(streams.QUESTIONS):
+        raise ConfigError(f"--stream-counts: at most {len(streams.QUESTIONS)} streams at once")
+    counts = tuple(sorted(set(args.stream_counts)))
     command = (
         f"ptv2 bench --streams --decoder {args.decoder} --stream-tokens {args.stream_tokens} "
-        f"--rounds {args.rounds} --output-dir {args.output_dir}"
+        f"--stream-counts {' '.join(map(str, counts))} --rounds {args.rounds} --output-dir {args.output_dir}"
     )
-    result = streams.run_streams(args.decoder, args.stream_tokens, args.rounds, command)
+    result = streams.run_streams(args.decoder, args.stream_tokens, args.rounds, counts, command)
     streams.write(result, Path(args.output_dir))
     print(streams.markdown(result))
     return 0

@@ -23,6 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_ray(args: argparse.Namespace) -> int:
     """``--ray``: the same API from Ray Serve replicas, until Ctrl-C or SIGTERM."""
+    if args.decode_batching:
+        raise ConfigError(
+            "--decode-batching is for one process: a Ray replica has one model thread for everything"
+        )
     tasks = checkpoints(args)
     config = serve_config(args)
     check_listen(args, config)
