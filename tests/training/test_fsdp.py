@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from launching import free_port
@@ -21,6 +22,7 @@ from safetensors.torch import load_file
 
 from ptuning_v2.methods import resolve_run_config
 from ptuning_v2.training.recipe import train_run
+from ptuning_v2.training.sharding import launched
 
 REPO = Path(__file__).resolve().parents[2]
 FSDP_CONFIG = REPO / "configs" / "accelerate" / "fsdp.yaml"
@@ -110,3 +112,15 @@ def test_fsdp_two_processes_match_one_process(
         torch.testing.assert_close(sharded[name], tensor, rtol=0, atol=1e-5, msg=name)
         initial_distance = max(initial_distance, float(tensor.abs().max()))
     assert initial_distance > 0
+
+
+@pytest.mark.parametrize(
+    "value, expected", [(None, False), ("", False), ("-1", False), ("0", True), ("3", True)]
+)
+def test_launched_reads_local_rank(monkeypatch, value, expected) -> None:
+    """A process started by torchrun or accelerate launch has LOCAL_RANK; unset, empty or -1 is not one."""
+    if value is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", value)
+    assert launched() is expected

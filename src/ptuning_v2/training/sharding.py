@@ -26,7 +26,7 @@ from ptuning_v2.config import ConfigError, TrainConfig
 
 def launched() -> bool:
     """Whether this process is one of a group started by ``torchrun`` or ``accelerate launch``."""
-    return int(os.environ.get("LOCAL_RANK", -1)) != -1
+    return os.environ.get("LOCAL_RANK", "").strip() not in ("", "-1")  # set empty: not launched
 
 
 def release_precision(mixed_precision: str) -> None:
