@@ -2,11 +2,13 @@
 
 Two chat tasks on one decoder backbone (random prompts: what serving costs does not depend on trained
 values), every stream decoding exactly ``tokens`` new tokens (``min_new_tokens`` = ``max_new_tokens``,
-greedy), served by a real ``ptv2 serve`` process in four ways (``WAYS``): one generation at a time
-(``--model-threads 1``), one ``generate()`` call per stream on each of two model threads (the default;
-on a CPU each thread gets an equal share of torch's threads), and iteration-level batching
-(``--decode-batching``: one decode loop, every running stream a row of each backbone pass) with two
-model threads (the loop on one core's share, the other thread free for predict batches) and with one.
+greedy), served by a real ``ptv2 serve`` process in five ways (``WAYS``): one generation at a time
+(``--model-threads 1``); one ``generate()`` call per stream on each of two model threads (the default;
+on a CPU each thread gets an equal share of torch's threads); request-level batching (the predict
+route, whose dynamic batch shares one ``generate()`` call until its longest row ends, answers whole);
+and iteration-level batching (``--decode-batching``: one decode loop, every running stream a row of each
+backbone pass) with two model threads (the loop on one core's share, the other thread free for predict
+batches) and with one.
 Per round and per count of streams (1, 2, 4, ...), that many streams are opened at once, over both tasks
 in turn. Reported, as medians over rounds: when the last stream got its first text chunk, when the last
 one ended, and the new tokens per second of all of them together. Every stream must join to the text of
@@ -20,6 +22,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,10 +46,19 @@ QUESTIONS = (
 WAYS = {
     "one at a time (--model-threads 1)": ["--model-threads", "1"],
     "one generate() per stream (--model-threads 2)": ["--model-threads", "2"],
+    "request-level batches (predict route, --model-threads 1)": [
+        "--model-threads",
+        "1",
+        "--max-wait-ms",
+        "50",
+    ],
     "decode loop (--decode-batching, --model-threads 2)": ["--model-threads", "2", "--decode-batching"],
     "decode loop (--decode-batching, --model-threads 1)": ["--model-threads", "1", "--decode-batching"],
 }
 """``ptv2 serve`` flags of each way; two model threads split the CPU threads, one has them all."""
+REQUEST_LEVEL = "request-level batches (predict route, --model-threads 1)"
+"""Answers whole, from ``POST /v1/tasks/{task}/predict``: the requests of one dynamic batch share one
+``generate()`` call, which runs until its longest row ends (no streaming: the first chunk is the end)."""
 
 
 @dataclass
@@ -92,18 +104,33 @@ def stream(url: str, task: str, question: str, tokens: int) -> StreamTiming:
     )
 
 
+def predicted(url: str, task: str, question: str, tokens: int) -> StreamTiming:
+    """One generation through the predict route, whole (its tasks decode ``tokens`` new tokens)."""
+    start = time.perf_counter()
+    response = httpx.post(f"{url}/v1/tasks/{task}/predict", json={"inputs": [question]}, timeout=600)
+    response.raise_for_status()
+    end = time.perf_counter() - start
+    return StreamTiming(end, end, response.json()["outputs"][0]["generated"])
+
+
 def measure_server(
-    url: str, jobs: list[tuple[str, str]], counts: tuple[int, ...], tokens: int, rounds: int
+    url: str,
+    jobs: list[tuple[str, str]],
+    counts: tuple[int, ...],
+    tokens: int,
+    rounds: int,
+    ask: Callable[[str, str, str, int], StreamTiming] = stream,
 ) -> tuple[dict[int, dict[str, float]], int]:
-    """Per count of streams, medians over ``rounds`` of the first ``count`` (task, question) jobs streamed
-    at once; the count of streams whose text differs from the same job alone."""
+    """Per count of streams, medians over ``rounds`` of the first ``count`` (task, question) jobs asked at
+    once (``ask``: streamed, or through the predict route); the count of answers whose text differs from
+    the same job streamed alone."""
     alone = [stream(url, task, question, tokens).text for task, question in jobs]
     runs: dict[int, list[list[StreamTiming]]] = {count: [] for count in counts}
     wrong = 0
     with concurrent.futures.ThreadPoolExecutor(max(counts)) as pool:
         for _ in range(rounds):
             for count in counts:
-                timings = list(pool.map(lambda job: stream(url, *job, tokens), jobs[:count]))
+                timings = list(pool.map(lambda job: ask(url, *job, tokens), jobs[:count]))
                 wrong += sum(t.text != text for t, text in zip(timings, alone, strict=False))
                 runs[count].append(timings)
 
@@ -120,7 +147,14 @@ def measure_server(
     }, wrong
 
 
-def run_streams(model: str, tokens: int, rounds: int, counts: tuple[int, ...], command: str) -> StreamsResult:
+def run_streams(
+    model: str,
+    tokens: int,
+    rounds: int,
+    counts: tuple[int, ...],
+    command: str,
+    ways: tuple[str, ...] = tuple(WAYS),
+) -> StreamsResult:
     tasks = ["task-a", "task-b"]
     options = {"chat_template": True, "source_template": "{source}", "max_new_tokens": tokens}
     options["generation"] = {"min_new_tokens": tokens}
@@ -132,10 +166,11 @@ def run_streams(model: str, tokens: int, rounds: int, counts: tuple[int, ...], c
             torch.manual_seed(seed)
             prompt = {"num_virtual_tokens": 8, "init_std": 0.02}
             folders.append(str(random_checkpoint(model, Path(tmp) / task, "causal_lm", prompt, {}, options)))
-        for way, flags in WAYS.items():
-            args = ["--prompts", *folders, "--names", *tasks, *flags, "--no-access-log"]
+        for way in ways:
+            args = ["--prompts", *folders, "--names", *tasks, *WAYS[way], "--no-access-log"]
             with server_process(args, Path(tmp) / "server.log") as (url, _pid):
-                measured[way], bad = measure_server(url, jobs, counts, tokens, rounds)
+                ask = predicted if way == REQUEST_LEVEL else stream
+                measured[way], bad = measure_server(url, jobs, counts, tokens, rounds, ask)
             wrong += bad
     return StreamsResult(model, tokens, rounds, torch.get_num_threads(), measured, wrong, command)
 

@@ -49,8 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--streams",
         action="store_true",
-        help="instead: 1, 2, 4, 8 OpenAI-compatible streams at once on ptv2 serve, one at a time, on two model "
-        "threads and with --decode-batching (writes streams.json and streams.md)",
+        help="instead: 1, 2, 4, 8 generations at once on ptv2 serve, five ways: one at a time, on two model "
+        "threads, in request-level batches, in the decode loop (writes streams.json and streams.md)",
     )
     p.add_argument("--stream-tokens", type=int, default=64, help="new tokens per stream for --streams")
     p.add_argument(
