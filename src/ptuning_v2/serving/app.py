@@ -4,8 +4,9 @@ A dispatcher on the event loop collects the requests that arrive within ``max_wa
 one (for any tasks, up to ``max_batch_size`` inputs) and hands them as one mixed-task batch to a free
 model thread, so the event loop never waits on the model. ``model_threads`` batches run at once (one
 thread's Python between passes overlaps another's pass), and OpenAI-compatible generations take a
-model thread each, beside them (sampled ones take turns: ``tasks.generation.seeded``). Tasks are loaded and
-removed on a loader thread meanwhile (``store.TaskLoader``); with ``--store`` they are loaded on demand
+model thread each, beside them (sampled ones take turns: ``tasks.generation.seeded``), or with
+``decode_batching`` share one decode loop (``decode_batching.py``). Tasks are loaded and removed on a
+loader thread meanwhile (``store.TaskLoader``); with ``--store`` they are loaded on demand
 into a bounded cache (``store.TaskCache``). The queue of waiting requests is bounded (503 when full); on
 shutdown every accepted request is answered before the model threads end.
 

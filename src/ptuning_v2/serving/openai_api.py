@@ -410,19 +410,19 @@ def openai_routes(
         return await stream(runner, reply, Generation.streaming(entry, source, settings, config))
 
     sampling_turn = asyncio.Lock()
-    decode_loops: dict[int, DecodeBatcher] = {}
+    decode_loop: DecodeBatcher | None = None
+    """Made on the first request: the engine exists once the app runs."""
 
     async def generate(runner: Engine, generation: Generation) -> Result:
         """With ``--decode-batching``, in the decode loop when it reproduces the request's settings. Else
         one ``generate()`` call; a sampled one takes a model thread only when its turn comes (they take
         turns on ``tasks.generation.SAMPLING``), so one waiting for its turn leaves the threads to others."""
+        nonlocal decode_loop
         options = decoding(generation.entry, generation.settings)
         if config.decode_batching:
-            if id(runner) not in decode_loops:
-                decode_loops[id(runner)] = DecodeBatcher(runner.multi, config.max_batch_size)
-            loop = decode_loops[id(runner)]
-            if loop.reproduces(options):
-                return await loop.submit(runner, generation)
+            decode_loop = decode_loop or DecodeBatcher(runner.multi, config.max_batch_size)
+            if decode_loop.reproduces(options):
+                return await decode_loop.submit(runner, generation)
         if not options.get("do_sample"):
             return await runner.call(generation.run, runner.multi)
         async with sampling_turn:
