@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ptuning_v2.benchmarks import distinct_tasks
 from ptuning_v2.benchmarks.distinct_tasks import DistinctTasksResult, lora_model, markdown, row_tasks
 from ptuning_v2.benchmarks.timing import paired
 
@@ -33,11 +34,23 @@ def test_mixed_lora_batch_gives_each_row_its_own_adapter(tiny_bert_dir: Path) ->
 def test_report_states_the_targets_from_the_measured_figures() -> None:
     result = DistinctTasksResult(
         "minilm", 32, 43, 32, 8, 20, 2, 41.5, {1: 1.02, 32: 1.04}, {1: (1.0, 1.03), 32: (1.02, 1.06)},
-        {1: 1.05, 32: 1.14}, 1.0196, "ptv2 bench",
+        {1: 1.05, 32: 1.14}, 1.0196, 1.003, (0.98, 1.02), "ptv2 bench",
     )  # fmt: skip
     text = markdown(result)
     assert "| 32 | 1.040 | 1.020 - 1.060 | 1.140 |" in text and "**1.040x** the plain backbone" in text
-    assert "**1.020x** one task" in text
+    assert "**1.020x** one task" in text and "reads 1.003x (quartiles 0.980 - 1.020)" in text
+
+
+def test_every_variant_and_the_control_are_timed(tiny_bert_dir: Path, monkeypatch) -> None:
+    texts = {"test": {"text": ["a good film", "bad", "not bad at all, really", "fine"]}}
+    monkeypatch.setattr(distinct_tasks, "load_builtin", lambda name: texts)
+    result = distinct_tasks.run_distinct_tasks(
+        str(tiny_bert_dir), rows=4, prompt_length=3, max_length=16, lora_rank=2, rounds=2, threads=1,
+        command="ptv2 bench", device=torch.device("cpu"), distinct=(1, 2, 4),
+    )  # fmt: skip
+    assert set(result.ptuning_v2) == set(result.lora) == {1, 2, 4} and result.rounds == 2
+    assert all(r > 0 for r in [*result.ptuning_v2.values(), *result.lora.values(), result.control])
+    assert result.tokens >= 7 and result.backbone_ms > 0  # the longest text: five words, [CLS] and [SEP]
 
 
 def test_paired_timing_puts_every_call_beside_a_reference_call() -> None:
