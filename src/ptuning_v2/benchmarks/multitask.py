@@ -9,7 +9,7 @@ arrive at a server. The three ways of serving them are timed round by round in o
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -102,8 +102,11 @@ def serve_functions(
         enc = multi.tokenizer(texts, truncation=True, max_length=max_length)
         return [{k: enc[k][i] for k in enc} for i in range(len(texts))]
 
+    def on_device(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: tensor.to(multi.device) for name, tensor in batch.items()}
+
     def encoded_one(text: str) -> dict[str, torch.Tensor]:
-        return dict(multi.tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt"))
+        return on_device(multi.tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt"))
 
     def batched(indices: list[int], run: Callable[[dict, list[int]], list[torch.Tensor]]) -> dict[int, Any]:
         features = encoded([requests[i][1] for i in indices])
@@ -111,7 +114,7 @@ def serve_functions(
         out = {}
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            batch = dict(multi.tokenizer.pad([features[j] for j in chunk], return_tensors="pt"))
+            batch = on_device(multi.tokenizer.pad([features[j] for j in chunk], return_tensors="pt"))
             out.update(zip([indices[j] for j in chunk], run(batch, [indices[j] for j in chunk]), strict=True))
         return out
 
