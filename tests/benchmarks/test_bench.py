@@ -188,6 +188,8 @@ def test_device_dtype_and_threads_are_checked(capsys) -> None:
     assert "--threads must be at least 1" in capsys.readouterr().err
     assert main(["bench", "--checkpointing", "--decoder", "none"]) == 2
     assert "--checkpointing measures the decoder" in capsys.readouterr().err
+    assert main(["bench", "--streams", "--stream-gap-ms", "-5"]) == 2
+    assert "--stream-gap-ms must be 0 or more, got -5.0" in capsys.readouterr().err
 
 
 def test_bfloat16_path_runs_every_variant(tiny_bert_dir: Path, tiny_llama_dir: Path, tmp_path: Path) -> None:

@@ -3,14 +3,17 @@ once, every stream checked against the same request alone, the figures written."
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from ptuning_v2.benchmarks.streams import REQUEST_LEVEL, run_streams, write
+from ptuning_v2.benchmarks import streams
+from ptuning_v2.benchmarks.streams import REQUEST_LEVEL, StreamTiming, run_streams, write
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +44,23 @@ def test_streams_at_once_are_timed_and_checked(chat_llama: Path, tmp_path: Path)
     table = (tmp_path / "streams.md").read_text()
     assert "| 1 at once | 2 at once |" in table and "`ptv2 bench --streams`" in table
     assert all(way in table for way in ways)
+
+
+def test_spread_arrivals_are_sent_one_gap_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a gap, job i is sent i gaps after the round starts; tokens per second run from the first
+    request to the last end."""
+    sent: list[float] = []
+
+    def answer(url: str, task: str, question: str, tokens: int) -> StreamTiming:
+        sent.append(time.perf_counter())
+        time.sleep(0.05)
+        return StreamTiming(0.01, 0.05, question)
+
+    monkeypatch.setattr(streams, "stream", answer)
+    jobs = [("a", "q0"), ("b", "q1"), ("a", "q2")]
+    measured, wrong = streams.measure_server("http://x", jobs, (3,), 4, 1, answer, gap_s=0.2)
+    assert wrong == 0
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent[3:])]  # after the three alone
+    assert all(0.18 < gap < 0.3 for gap in gaps)
+    assert measured[3]["last_end_s"] == 0.05 and measured[3]["last_first_chunk_s"] == 0.01
+    assert 3 * 4 / 0.5 < measured[3]["tokens_per_s"] < 3 * 4 / 0.43  # 12 tokens over 0.4 s + 0.05 s

@@ -9,10 +9,12 @@ route, whose dynamic batch shares one ``generate()`` call until its longest row 
 and iteration-level batching (``--decode-batching``: one decode loop, every running stream a row of each
 backbone pass) with two model threads (the loop on one core's share, the other thread free for predict
 batches) and with one.
-Per round and per count of streams (1, 2, 4, ...), that many streams are opened at once, over both tasks
-in turn. Reported, as medians over rounds: when the last stream got its first text chunk, when the last
-one ended, and the new tokens per second of all of them together. Every stream must join to the text of
-the same request alone.
+Per round and per count of streams (1, 2, 4, ...), that many streams are opened at once, or one every
+``gap_ms`` (arrivals spread over time, where request-level batching cannot add a request to a running
+batch), over both tasks in turn. Reported, as medians over rounds: the longest any stream waited for its
+first text chunk, the longest any took to its end (both from its own request), and the new tokens per
+second of all of them together (from the first request to the last end). Every stream must join to the
+text of the same request alone.
 """
 
 from __future__ import annotations
@@ -77,9 +79,11 @@ class StreamsResult:
     rounds: int
     cpu_threads: int
     """torch's threads in the server before it splits them between its model threads."""
+    gap_ms: float
+    """Between one stream's request and the next one's (0: all at once)."""
     by_way: dict[str, dict[int, dict[str, float]]]
-    """Way of serving -> streams at once -> medians over rounds: ``last_first_chunk_s`` (when the last
-    stream got its first chunk), ``last_end_s`` (when the last one ended), ``tokens_per_s`` (all of them)."""
+    """Way of serving -> streams -> medians over rounds: ``last_first_chunk_s`` (the longest wait for a
+    first chunk), ``last_end_s`` (the longest request, to its end), ``tokens_per_s`` (all of them)."""
     wrong: int
     """Streams whose text is not that of the same request alone."""
     command: str
@@ -120,18 +124,27 @@ def measure_server(
     tokens: int,
     rounds: int,
     ask: Callable[[str, str, str, int], StreamTiming] = stream,
+    gap_s: float = 0.0,
 ) -> tuple[dict[int, dict[str, float]], int]:
-    """Per count of streams, medians over ``rounds`` of the first ``count`` (task, question) jobs asked at
-    once (``ask``: streamed, or through the predict route); the count of answers whose text differs from
-    the same job streamed alone."""
+    """Per count of streams, medians over ``rounds`` of the first ``count`` (task, question) jobs, asked at
+    once or one every ``gap_s`` (``ask``: streamed, or through the predict route); the count of answers
+    whose text differs from the same job streamed alone."""
     alone = [stream(url, task, question, tokens).text for task, question in jobs]
-    runs: dict[int, list[list[StreamTiming]]] = {count: [] for count in counts}
+    runs: dict[int, list[list[tuple[float, StreamTiming]]]] = {count: [] for count in counts}
     wrong = 0
+
+    def sent_in_turn(index: int, start: float) -> tuple[float, StreamTiming]:
+        """Job ``index``, asked ``index * gap_s`` after ``start``: when it was sent, and its timing."""
+        time.sleep(max(0.0, start + index * gap_s - time.perf_counter()))
+        sent = time.perf_counter() - start
+        return sent, ask(url, *jobs[index], tokens)
+
     with concurrent.futures.ThreadPoolExecutor(max(counts)) as pool:
         for _ in range(rounds):
             for count in counts:
-                timings = list(pool.map(lambda job: ask(url, *job, tokens), jobs[:count]))
-                wrong += sum(t.text != text for t, text in zip(timings, alone, strict=False))
+                start = time.perf_counter()
+                timings = list(pool.map(sent_in_turn, range(count), [start] * count))
+                wrong += sum(t.text != text for (_, t), text in zip(timings, alone, strict=False))
                 runs[count].append(timings)
 
     def median(values: list[float]) -> float:
@@ -139,9 +152,11 @@ def measure_server(
 
     return {
         count: {
-            "last_first_chunk_s": median([max(t.first_chunk_s for t in timings) for timings in done]),
-            "last_end_s": median([max(t.end_s for t in timings) for timings in done]),
-            "tokens_per_s": median([count * tokens / max(t.end_s for t in timings) for timings in done]),
+            "last_first_chunk_s": median([max(t.first_chunk_s for _, t in timings) for timings in done]),
+            "last_end_s": median([max(t.end_s for _, t in timings) for timings in done]),
+            "tokens_per_s": median(
+                [count * tokens / max(s + t.end_s for s, t in timings) for timings in done]
+            ),
         }
         for count, done in runs.items()
     }, wrong
@@ -154,6 +169,7 @@ def run_streams(
     counts: tuple[int, ...],
     command: str,
     ways: tuple[str, ...] = tuple(WAYS),
+    gap_ms: float = 0.0,
 ) -> StreamsResult:
     tasks = ["task-a", "task-b"]
     options = {"chat_template": True, "source_template": "{source}", "max_new_tokens": tokens}
@@ -170,18 +186,19 @@ def run_streams(
             args = ["--prompts", *folders, "--names", *tasks, *WAYS[way], "--no-access-log"]
             with server_process(args, Path(tmp) / "server.log") as (url, _pid):
                 ask = predicted if way == REQUEST_LEVEL else stream
-                measured[way], bad = measure_server(url, jobs, counts, tokens, rounds, ask)
+                measured[way], bad = measure_server(url, jobs, counts, tokens, rounds, ask, gap_ms / 1e3)
             wrong += bad
-    return StreamsResult(model, tokens, rounds, torch.get_num_threads(), measured, wrong, command)
+    return StreamsResult(model, tokens, rounds, torch.get_num_threads(), gap_ms, measured, wrong, command)
 
 
 def markdown(result: StreamsResult) -> str:
     counts = list(next(iter(result.by_way.values())))
-    header = " | ".join(f"{count} at once" for count in counts)
+    spread = f", one every {result.gap_ms:g} ms" if result.gap_ms else " at once"
+    header = " | ".join(f"{count}{spread}" for count in counts)
     rows = []
     for label, key, unit in (
-        ("the last stream's first chunk", "last_first_chunk_s", "s"),
-        ("the last stream's end", "last_end_s", "s"),
+        ("the longest wait for a first chunk", "last_first_chunk_s", "s"),
+        ("the longest request, to its end", "last_end_s", "s"),
         ("new tokens per second, all streams", "tokens_per_s", ""),
     ):
         rows.append(f"| **{label}** | {' | '.join('' for _ in counts)} |")
@@ -195,8 +212,10 @@ def markdown(result: StreamsResult) -> str:
             f"Command: `{result.command}`",
             "",
             f"Two chat tasks (random prompts, k = 8) on one backbone; every stream exactly {result.tokens} new "
-            f"tokens (greedy), the streams over both tasks in turn, served by `ptv2 serve` with "
-            f"{result.cpu_threads} CPU threads. Medians of {result.rounds} rounds; seconds from the requests. "
+            f"tokens (greedy), the streams over both tasks in turn, "
+            + (f"one request every {result.gap_ms:g} ms, " if result.gap_ms else "all requests at once, ")
+            + f"served by `ptv2 serve` with {result.cpu_threads} CPU threads. Medians of {result.rounds} rounds; "
+            "seconds from each stream's own request; tokens per second from the first request to the last end. "
             f"Streams whose text differs from the same request alone: **{result.wrong}**.",
             "",
             f"| way of serving | {header} |",

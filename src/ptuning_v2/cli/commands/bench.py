@@ -54,6 +54,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stream-tokens", type=int, default=64, help="new tokens per stream for --streams")
     p.add_argument(
+        "--stream-gap-ms",
+        type=float,
+        default=0.0,
+        help="for --streams: one stream's request every this many ms instead of all at once",
+    )
+    p.add_argument(
         "--stream-counts", type=int, nargs="+", default=[1, 2, 4, 8], help="streams at once for --streams"
     )
     p.add_argument("--requests-per-task", type=int, default=64, help="requests per task for --multitask")
@@ -203,14 +209,20 @@ def run_streams(args: argparse.Namespace) -> int:
 
     if args.rounds < 1 or args.stream_tokens < 1 or min(args.stream_counts) < 1:
         raise ConfigError("--rounds, --stream-tokens and --stream-counts must be at least 1")
+    if not 0 <= args.stream_gap_ms < float("inf"):
+        raise ConfigError(f"--stream-gap-ms must be 0 or more, got {args.stream_gap_ms}")
     if max(args.stream_counts) > len(streams.QUESTIONS):
         raise ConfigError(f"--stream-counts: at most {len(streams.QUESTIONS)} streams at once")
     counts = tuple(sorted(set(args.stream_counts)))
     command = (
         f"ptv2 bench --streams --decoder {args.decoder} --stream-tokens {args.stream_tokens} "
-        f"--stream-counts {' '.join(map(str, counts))} --rounds {args.rounds} --output-dir {args.output_dir}"
+        f"--stream-counts {' '.join(map(str, counts))} "
+        + (f"--stream-gap-ms {args.stream_gap_ms:g} " if args.stream_gap_ms else "")
+        + f"--rounds {args.rounds} --output-dir {args.output_dir}"
     )
-    result = streams.run_streams(args.decoder, args.stream_tokens, args.rounds, counts, command)
+    result = streams.run_streams(
+        args.decoder, args.stream_tokens, args.rounds, counts, command, gap_ms=args.stream_gap_ms
+    )
     streams.write(result, Path(args.output_dir))
     print(streams.markdown(result))
     return 0
