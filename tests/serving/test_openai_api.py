@@ -20,6 +20,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from ptuning_v2.benchmarks.multitask import random_checkpoint
 from ptuning_v2.serving.app import ServeConfig
 from ptuning_v2.serving.auth import read_keys
+from ptuning_v2.serving.decode_batching import DecodeBatcher, Row
 from ptuning_v2.serving.multi_prompt import MultiPromptModel, UnknownTaskError
 from ptuning_v2.serving.openai_api import Generation, Settings
 
@@ -251,6 +252,58 @@ def test_streams_join_the_decode_loop(multi) -> None:
         live.stop()
     assert together == alone
     assert passes > one_row  # some passes ran more than one row
+
+
+def loop_texts(multi: MultiPromptModel, jobs: list[tuple[str, str]], monkeypatch) -> tuple[list, list[int]]:
+    """The answers (or errors) of ``jobs`` (task, prompt) queued together in one decode loop, run to its end
+    on this thread, and the number of rows of each prefill pass."""
+    loop = DecodeBatcher(multi, max_rows=8)
+    prefills: list[int] = []
+    prefill = loop._prefill
+
+    def counted(rows: list[Row]):
+        prefills.append(len(rows))
+        return prefill(rows)
+
+    monkeypatch.setattr(loop, "_prefill", counted)
+    rows = [
+        Row(
+            Generation(multi.tasks[task], prompt, Settings(max_tokens=20), False), concurrent.futures.Future()
+        )
+        for task, prompt in jobs
+    ]
+    loop._waiting = list(rows)
+    loop.run(lambda rows: None)
+    return [row.future.exception() or row.future.result().text for row in rows], prefills
+
+
+def test_requests_that_arrive_together_are_prefilled_in_one_pass(multi, monkeypatch) -> None:
+    """Prompts of different lengths and tasks (one sampling), left-padded into one prefill pass: each text
+    is the one its request gets alone."""
+    jobs = [("plain", PROMPTS[0]), ("chat", PROMPTS[1]), ("sampled", PROMPTS[2])]
+    alone = [loop_texts(multi, [job], monkeypatch)[0][0] for job in jobs]
+    together, prefills = loop_texts(multi, jobs, monkeypatch)
+    assert prefills == [3] and together == alone
+
+
+def test_a_request_that_fails_a_shared_prefill_fails_alone(multi, monkeypatch) -> None:
+    """A shared prefill pass that raises is tried again one row at a time: only the row that fails alone
+    gets the error."""
+    jobs = [("plain", PROMPTS[0]), ("chat", PROMPTS[1]), ("sampled", PROMPTS[2])]
+    alone = [loop_texts(multi, [job], monkeypatch)[0][0] for job in jobs]
+    prepare = Generation.prepare
+
+    def out_of_vocabulary_for_chat(self, multi):
+        batch, options = prepare(self, multi)
+        if self.entry.name == "chat":
+            batch = {**batch, "prompt_input_ids": torch.full_like(batch["prompt_input_ids"], 10**6)}
+        return batch, options
+
+    monkeypatch.setattr(Generation, "prepare", out_of_vocabulary_for_chat)
+    together, prefills = loop_texts(multi, jobs, monkeypatch)
+    assert prefills == [3, 1, 1, 1]
+    assert together[0] == alone[0] and together[2] == alone[2]
+    assert isinstance(together[1], IndexError)
 
 
 def test_sampled_generations_at_once_keep_their_seeded_texts(client) -> None:

@@ -3,9 +3,10 @@
 Without it, each generation is one ``generate()`` call that holds a model thread to its end. With it, the
 generations run in one decode loop on one model thread, as vLLM and LoRAX run theirs: each step is one
 backbone pass over every running row, each row with its own task's prompt (a mixed-task delivery) and
-its own rows of the KV cache. A request that arrives while the loop runs joins at the next step: its
-prompt is prefilled alone, then its cache joins the batch's, left-padded to the longest. A row that
-ends leaves at once, and the loop ends when no row is left.
+its own rows of the KV cache. A request that arrives while the loop runs joins at the next step: the
+prompts of the requests that arrived since the last step are prefilled in one pass (one alone, when it
+came alone), then their cache joins the batch's, left-padded to the longest. A row that ends leaves at
+once, and the loop ends when no row is left.
 
 Each row's next token is chosen as ``generate()`` chooses it for that request alone: transformers' own
 logits processors for the row's settings, then the argmax, or a draw from the row's own generator
@@ -185,12 +186,7 @@ class DecodeBatcher:
                     self._active = False
                     return
             with torch.no_grad():
-                for row in joining:
-                    try:
-                        self._admit(row)
-                    except Exception as exc:
-                        if not row.future.done():
-                            row.future.set_exception(exc)
+                self._admit(joining)
                 if not self.rows:
                     continue
                 observe_pass(len(self.rows))
@@ -202,32 +198,71 @@ class DecodeBatcher:
                             row.future.set_exception(exc)
                     self.rows, self._cache, self._mask = [], None, None
 
-    def _admit(self, row: Row) -> None:
-        """Prefill the row alone and choose its first token; its cache joins the batch's."""
+    def _admit(self, joining: list[Row]) -> None:
+        """Prefill the joining rows in one pass and choose their first tokens; the cache rows of those that
+        go on join the batch's. A request's own failure fails it alone: its input before the pass, and a
+        failed shared pass is tried again one row at a time."""
+        rows = []
+        for row in joining:
+            try:
+                self._prepare(row)
+                rows.append(row)
+            except Exception as exc:
+                row.future.set_exception(exc)
+        if not rows:
+            return
+        try:
+            prefilled = [(rows, self._prefill(rows))]
+        except Exception as exc:
+            if len(rows) == 1:
+                rows[0].future.set_exception(exc)
+                return
+            prefilled = []
+            for row in rows:  # one request can fail a shared pass: alone, it fails only itself
+                try:
+                    prefilled.append(([row], self._prefill([row])))
+                except Exception as own:
+                    row.future.set_exception(own)
+        for group, (cache, mask, logits) in prefilled:
+            keep = [i for i, row in enumerate(group) if not self._choose(row, logits[i : i + 1])]
+            if keep:
+                if len(keep) < len(group):
+                    cache.batch_select_indices(torch.tensor(keep, device=mask.device))
+                    mask = mask[keep]
+                self._join(cache, mask)
+                self.rows.extend(group[i] for i in keep)
+        if self.rows:
+            self._trim()
+
+    def _prepare(self, row: Row) -> None:
+        """The row's prompt ids, task and decoding settings."""
         batch, options = row.request.prepare(self.multi)
         options = effective(options, self.multi.backbone.generation_config)
-        multi = self.multi
         row.task = row.request.entry.name
-        ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
-        inputs = decoder_positions(
-            {"input_ids": ids, "attention_mask": mask}, row.request.entry.position_offset
-        )
-        cache = DynamicCache(config=multi.backbone.config)
-        out = multi.backbone(
-            **inputs, **{self._cache_keyword: cache}, use_cache=True, logits_to_keep=1,
-            **{PROMPTS_KWARG: multi.delivery([row.task])},
-        )  # fmt: skip
-        row.tokens, row.position = ids, int(inputs["position_ids"][0, -1])
-        row.chain = processors(options, ids.shape[1], ids.device)
+        row.tokens = batch["prompt_input_ids"][:, batch["prompt_attention_mask"][0].bool()]
+        row.chain = processors(options, row.tokens.shape[1], row.tokens.device)
         if options.get("do_sample"):
-            row.generator = torch.Generator(ids.device).manual_seed(row.request.sampling_seed())
+            row.generator = torch.Generator(row.tokens.device).manual_seed(row.request.sampling_seed())
         row.max_new_tokens = options["max_new_tokens"]
         eos = options.get("eos_token_id")
         row.eos = frozenset(eos if isinstance(eos, list) else [] if eos is None else [eos])
-        if self._choose(row, out.logits[:, -1]):
-            return
-        self._join(cache, mask)
-        self.rows.append(row)
+
+    def _prefill(self, rows: list[Row]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """One pass over the rows' prompts, left-padded to the longest: their cache, their ``[rows, tokens]``
+        mask and the logits of each one's last token; each row's position is set."""
+        width = max(row.tokens.shape[1] for row in rows)
+        ids = torch.cat([left_pad(row.tokens, width, dim=1) for row in rows])
+        mask = torch.cat([left_pad(torch.ones_like(row.tokens), width, dim=1) for row in rows])
+        offsets = torch.tensor([row.request.entry.position_offset for row in rows], device=ids.device)
+        inputs = decoder_positions({"input_ids": ids, "attention_mask": mask}, offsets)
+        cache = DynamicCache(config=self.multi.backbone.config)
+        out = self.multi.backbone(
+            **inputs, **{self._cache_keyword: cache}, use_cache=True, logits_to_keep=1,
+            **{PROMPTS_KWARG: self.multi.delivery([row.task for row in rows])},
+        )  # fmt: skip
+        for row, position in zip(rows, inputs["position_ids"][:, -1].tolist(), strict=True):
+            row.position = position
+        return cache, mask, out.logits[:, -1]
 
     def _join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         """A new row's cache and mask below the batch's, the shorter left-padded with masked zeros."""
