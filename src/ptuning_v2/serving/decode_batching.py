@@ -224,13 +224,18 @@ class DecodeBatcher:
                 except Exception as own:
                     row.future.set_exception(own)
         for group, (cache, mask, logits) in prefilled:
-            keep = [i for i, row in enumerate(group) if not self._choose(row, logits[i : i + 1])]
-            if keep:
-                if len(keep) < len(group):
-                    cache.batch_select_indices(torch.tensor(keep, device=mask.device))
-                    mask = mask[keep]
-                self._join(cache, mask)
-                self.rows.extend(group[i] for i in keep)
+            try:
+                keep = [i for i, row in enumerate(group) if not self._choose(row, logits[i : i + 1])]
+                if keep:
+                    if len(keep) < len(group):
+                        cache.batch_select_indices(torch.tensor(keep, device=mask.device))
+                        mask = mask[keep]
+                    self._join(cache, mask)
+                    self.rows.extend(group[i] for i in keep)
+            except Exception as exc:
+                for row in group:
+                    if not row.future.done():
+                        row.future.set_exception(exc)
         if self.rows:
             self._trim()
 
@@ -265,7 +270,7 @@ class DecodeBatcher:
         return cache, mask, out.logits[:, -1]
 
     def _join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
-        """A new row's cache and mask below the batch's, the shorter left-padded with masked zeros."""
+        """New rows' cache and mask below the batch's, the narrower left-padded with masked zeros."""
         if self._cache is None or not self.rows:
             self._cache, self._mask = cache, mask
             return
