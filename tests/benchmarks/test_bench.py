@@ -11,7 +11,14 @@ import torch
 
 from ptuning_v2.benchmarks import timing
 from ptuning_v2.benchmarks.report import Target, evaluate_targets
-from ptuning_v2.benchmarks.timing import PeakMemory, Sample, interleaved, latency_stats, ratio_stats
+from ptuning_v2.benchmarks.timing import (
+    PeakMemory,
+    Sample,
+    interleaved,
+    latency_stats,
+    median_interval,
+    ratio_stats,
+)
 from ptuning_v2.cli.main import main
 from ptuning_v2.config import ConfigError
 
@@ -57,6 +64,19 @@ def test_ratio_and_latency_statistics_match_numpy() -> None:
     assert latency_stats([0.010, 0.020, 0.030, 0.040, 0.050]) == pytest.approx((30.0, 46.0))
     with pytest.raises(ValueError, match="one time per round"):
         ratio_stats([1.0], [1.0, 2.0])
+
+
+def test_median_interval_takes_the_order_statistics_of_the_binomial_ranks() -> None:
+    values = np.arange(120, 0, -1) / 100  # 1.20 .. 0.01, unsorted
+    assert median_interval(values) == (0.49, 0.72)  # ranks 49 and 72 of 120
+    assert median_interval(np.array([3.0, 1.0, 2.0])) == (1.0, 3.0)  # few values: all of them
+    stats = ratio_stats([1.0] * 120, list(values))
+    assert (stats.low, stats.high) == (0.49, 0.72) and stats.low < stats.median < stats.high
+    rng = np.random.default_rng(0)
+    covered = sum(
+        lo <= 1.0 <= hi for lo, hi in (median_interval(rng.normal(1.0, 0.1, 120)) for _ in range(2000))
+    )
+    assert 0.94 <= covered / 2000 <= 0.98  # a 95 % interval covers the true median about 95 % of the time
 
 
 def test_peak_memory_counts_new_storages_once_until_freed() -> None:
@@ -190,6 +210,9 @@ def test_device_dtype_and_threads_are_checked(capsys) -> None:
     assert "--checkpointing measures the decoder" in capsys.readouterr().err
     assert main(["bench", "--streams", "--stream-gap-ms", "-5"]) == 2
     assert "--stream-gap-ms must be 0 or more, got -5.0" in capsys.readouterr().err
+    assert main(["bench", "--distinct-tasks", "--distinct-counts", "2", "32"]) == 2
+    assert "--distinct-counts must include 1 and go up to at most 32, got [2, 32]" in capsys.readouterr().err
+    assert main(["bench", "--distinct-tasks", "--distinct-counts", "1", "64"]) == 2
 
 
 def test_bfloat16_path_runs_every_variant(tiny_bert_dir: Path, tiny_llama_dir: Path, tmp_path: Path) -> None:

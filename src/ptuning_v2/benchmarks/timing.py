@@ -115,12 +115,15 @@ def paired(
 
 @dataclass(frozen=True)
 class RatioStats:
-    """Median and quartiles of per-round ratios ``other / reference``."""
+    """Median and quartiles of per-round ratios ``other / reference``, and a 95 % interval of the median."""
 
     median: float
     q1: float
     q3: float
     n: int
+    low: float
+    high: float
+    """Where the true median lies, 95 % of the time (``median_interval``)."""
 
 
 def ratio_stats(reference: list[float], other: list[float]) -> RatioStats:
@@ -129,7 +132,21 @@ def ratio_stats(reference: list[float], other: list[float]) -> RatioStats:
         raise ValueError(f"need one time per round for both, got {len(reference)} and {len(other)}")
     ratios = np.asarray(other, dtype=float) / np.asarray(reference, dtype=float)
     q1, median, q3 = np.percentile(ratios, [25, 50, 75])
-    return RatioStats(float(median), float(q1), float(q3), len(ratios))
+    low, high = median_interval(ratios)
+    return RatioStats(float(median), float(q1), float(q3), len(ratios), low, high)
+
+
+def median_interval(values: np.ndarray) -> tuple[float, float]:
+    """A 95 % confidence interval of the median that assumes nothing about the distribution: the sorted
+    values at the ranks ``(n - 1.96 sqrt(n)) / 2`` and ``1 + (n + 1.96 sqrt(n)) / 2``, between which the
+    binomial count of values under the true median falls 95 % of the time. Few values: their whole range.
+
+    A target a few percent from 1 is met when the interval's top is under it, not when one median is."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    n, spread = len(ordered), 1.96 * np.sqrt(len(ordered))
+    low = max(int(np.floor((n - spread) / 2)), 1)
+    high = min(int(np.ceil(1 + (n + spread) / 2)), n)
+    return float(ordered[low - 1]), float(ordered[high - 1])
 
 
 def latency_stats(times: list[float]) -> tuple[float, float]:

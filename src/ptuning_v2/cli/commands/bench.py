@@ -52,6 +52,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="instead: 1, 2, 4, 8 generations at once on ptv2 serve, five ways: one at a time, on two model "
         "threads, in request-level batches, in the decode loop (writes streams.json and streams.md)",
     )
+    p.add_argument(
+        "--distinct-counts",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 16, 32],
+        help="for --distinct-tasks: the numbers of distinct tasks per batch, 1 among them (fewer counts: more "
+        "rounds in the same time)",
+    )
     p.add_argument("--stream-tokens", type=int, default=64, help="new tokens per stream for --streams")
     p.add_argument(
         "--stream-gap-ms",
@@ -189,14 +197,22 @@ def run_distinct_tasks(args: argparse.Namespace) -> int:
 
     if args.rounds < 1:
         raise ConfigError("--rounds must be at least 1")
+    rows, counts = 32, tuple(sorted(set(args.distinct_counts)))
+    if counts[0] != 1 or counts[-1] > rows:
+        raise ConfigError(f"--distinct-counts must include 1 and go up to at most {rows}, got {list(counts)}")
     torch.set_num_threads(args.threads)
+    chosen = (
+        ""
+        if list(counts) == list(distinct_tasks.DISTINCT)
+        else f" --distinct-counts {' '.join(map(str, counts))}"
+    )
     command = (
-        f"ptv2 bench --distinct-tasks --encoder {args.encoder} --rounds {args.rounds} --threads {args.threads} "
-        f"--output-dir {args.output_dir}"
+        f"ptv2 bench --distinct-tasks --encoder {args.encoder} --rounds {args.rounds} --threads {args.threads}"
+        f"{chosen} --output-dir {args.output_dir}"
     )
     result = distinct_tasks.run_distinct_tasks(
-        args.encoder, rows=32, prompt_length=32, max_length=128, lora_rank=8, rounds=args.rounds,
-        threads=args.threads, command=command, device=select_device(args.device),
+        args.encoder, rows=rows, prompt_length=32, max_length=128, lora_rank=8, rounds=args.rounds,
+        threads=args.threads, command=command, device=select_device(args.device), distinct=counts,
     )  # fmt: skip
     distinct_tasks.write(result, Path(args.output_dir))
     print(distinct_tasks.markdown(result))
