@@ -254,9 +254,12 @@ def test_streams_join_the_decode_loop(multi) -> None:
     assert passes > one_row  # some passes ran more than one row
 
 
-def loop_texts(multi: MultiPromptModel, jobs: list[tuple[str, str]], monkeypatch) -> tuple[list, list[int]]:
+def loop_texts(
+    multi: MultiPromptModel, jobs: list[tuple[str, str]], monkeypatch
+) -> tuple[list, list[int], list[int]]:
     """The answers (or errors) of ``jobs`` (task, prompt) queued together in one decode loop, run to its end
-    on this thread, and the number of rows of each prefill pass."""
+    on this thread, the number of rows of each prefill pass tried, and the rows of each pass the loop
+    reports to its ``observe_pass`` (``ptv2_batch_rows``)."""
     loop = DecodeBatcher(multi, max_rows=8)
     prefills: list[int] = []
     prefill = loop._prefill
@@ -273,8 +276,9 @@ def loop_texts(multi: MultiPromptModel, jobs: list[tuple[str, str]], monkeypatch
         for task, prompt in jobs
     ]
     loop._waiting = list(rows)
-    loop.run(lambda rows: None)
-    return [row.future.exception() or row.future.result().text for row in rows], prefills
+    observed: list[int] = []
+    loop.run(observed.append)
+    return [row.future.exception() or row.future.result().text for row in rows], prefills, observed
 
 
 def test_requests_that_arrive_together_are_prefilled_in_one_pass(multi, monkeypatch) -> None:
@@ -282,8 +286,10 @@ def test_requests_that_arrive_together_are_prefilled_in_one_pass(multi, monkeypa
     is the one its request gets alone."""
     jobs = [("plain", PROMPTS[0]), ("chat", PROMPTS[1]), ("sampled", PROMPTS[2])]
     alone = [loop_texts(multi, [job], monkeypatch)[0][0] for job in jobs]
-    together, prefills = loop_texts(multi, jobs, monkeypatch)
+    together, prefills, observed = loop_texts(multi, jobs, monkeypatch)
     assert prefills == [3] and together == alone
+    assert observed[0] == 3 and observed[1] == 3  # the prefill pass is reported, then the first step
+    assert sorted(observed[1:], reverse=True) == observed[1:]  # steps: rows leave as they end
 
 
 def test_a_request_that_fails_a_shared_prefill_fails_alone(multi, monkeypatch) -> None:
@@ -300,8 +306,9 @@ def test_a_request_that_fails_a_shared_prefill_fails_alone(multi, monkeypatch) -
         return batch, options
 
     monkeypatch.setattr(Generation, "prepare", out_of_vocabulary_for_chat)
-    together, prefills = loop_texts(multi, jobs, monkeypatch)
+    together, prefills, observed = loop_texts(multi, jobs, monkeypatch)
     assert prefills == [3, 1, 1, 1]
+    assert observed[:3] == [1, 1, 2]  # the two row-by-row prefills that ran, then a step of both rows
     assert together[0] == alone[0] and together[2] == alone[2]
     assert isinstance(together[1], IndexError)
 

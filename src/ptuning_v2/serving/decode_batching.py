@@ -177,7 +177,8 @@ class DecodeBatcher:
 
     def run(self, observe_pass: Callable[[int], None]) -> None:
         """The loop: admit waiting rows, step, until no row is left. A request's own failure (its input,
-        its prefill) fails it alone; a failed step fails every row."""
+        its prefill) fails it alone; a failed step fails every row. ``observe_pass`` hears the rows of every
+        backbone pass that ran: prefills and steps."""
         while True:
             with self._lock:
                 room = self.max_rows - len(self.rows)
@@ -186,7 +187,7 @@ class DecodeBatcher:
                     self._active = False
                     return
             with torch.no_grad():
-                self._admit(joining)
+                self._admit(joining, observe_pass)
                 if not self.rows:
                     continue
                 observe_pass(len(self.rows))
@@ -198,7 +199,7 @@ class DecodeBatcher:
                             row.future.set_exception(exc)
                     self.rows, self._cache, self._mask = [], None, None
 
-    def _admit(self, joining: list[Row]) -> None:
+    def _admit(self, joining: list[Row], observe_pass: Callable[[int], None]) -> None:
         """Prefill the joining rows in one pass and choose their first tokens; the cache rows of those that
         go on join the batch's. A request's own failure fails it alone: its input before the pass, and a
         failed shared pass is tried again one row at a time."""
@@ -224,6 +225,7 @@ class DecodeBatcher:
                 except Exception as own:
                     row.future.set_exception(own)
         for group, (cache, mask, logits) in prefilled:
+            observe_pass(len(group))
             try:
                 keep = [i for i, row in enumerate(group) if not self._choose(row, logits[i : i + 1])]
                 if keep:
