@@ -34,13 +34,16 @@ def test_mixed_lora_batch_gives_each_row_its_own_adapter(tiny_bert_dir: Path) ->
 
 def test_report_states_the_targets_from_the_measured_figures() -> None:
     result = DistinctTasksResult(
-        "minilm", 32, 43, 32, 8, 20, 2, 41.5, {1: 1.02, 32: 1.04}, {1: (1.0, 1.03), 32: (1.02, 1.06)},
+        "minilm", 32, 43, 32, 8, 20, 2, 41.5, 12000, "glibc defaults", {1: 1.02, 32: 1.04}, {1: (1.0, 1.03), 32: (1.02, 1.06)},
         {1: (1.01, 1.03), 32: (1.03, 1.049)}, {1: 1.05, 32: 1.14}, 1.0196, (1.01, 1.025), 1.031, (1.02, 1.04),
         1.003, (0.98, 1.02), (0.99, 1.01), "ptv2 bench", {"control": [1.0, 1.006]},
     )  # fmt: skip
     text = markdown(result)
     assert "| 32 | 1.040 | 1.020 - 1.060 | 1.030 - 1.049 | 1.140 |" in text
-    assert "**1.040x** the plain backbone" in text
+    assert (
+        "**1.040x** the plain backbone" in text
+        and "41.5 ms per batch, with 12000 minor page faults (glibc" in text
+    )
     assert "**1.020x** one task (target <= 1.03; round by round, 95 % interval 1.010 - 1.025)" in text
     assert "(the mechanism alone) costs 1.031x (95 % interval 1.020 - 1.040)" in text
     assert "reads 1.003x (quartiles 0.980 - 1.020; 95 % interval 0.990 - 1.010)" in text
@@ -63,6 +66,7 @@ def test_every_variant_and_the_control_are_timed(tiny_bert_dir: Path, monkeypatc
                              "lora/2", "lora/4"]
     }  # fmt: skip
     assert result.ptuning_v2[4] == round(float(np.median(result.ratios["ptuning_v2/4"])), 4)
+    assert result.page_faults >= 0 and result.allocator
     assert result.tokens >= 7 and result.backbone_ms > 0  # the longest text: five words, [CLS] and [SEP]
 
 

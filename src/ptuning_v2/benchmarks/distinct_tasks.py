@@ -13,6 +13,8 @@ timed too: the mechanism alone, against which the whole path's own share shows.
 
 from __future__ import annotations
 
+import os
+import resource
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -47,6 +49,12 @@ class DistinctTasksResult:
     threads: int
     backbone_ms: float
     """Median time of the plain backbone on the batch."""
+    page_faults: int
+    """Minor page faults per plain call, after the rounds. glibc's defaults give blocks over its mmap
+    threshold back to the system when freed, so every pass faults its activations in again; that time
+    adds to the plain call and to the variants alike, and shrinks their ratios (docs/multi_prompt.md)."""
+    allocator: str
+    """``GLIBC_TUNABLES`` as the run had it (how glibc's malloc was set), or ``glibc defaults``."""
     ptuning_v2: dict[int, float]
     """Distinct tasks -> median per-round ratio of ``MultiPromptModel.run`` (prompts and heads) / plain."""
     ptuning_v2_quartiles: dict[int, tuple[float, float]]
@@ -70,6 +78,13 @@ class DistinctTasksResult:
     command: str
     ratios: dict[str, list[float]]
     """Every timed variant's ratio to the plain call beside it, round by round: to pool or re-read runs."""
+
+
+def page_faults(fn: Callable[[], Any]) -> int:
+    """Minor page faults of this process while ``fn`` runs."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 def row_tasks(names: list[str], rows: int, distinct: int) -> list[str]:
@@ -139,6 +154,8 @@ def run_distinct_tasks(
     ratios = {name: [own.wall / ref.wall for ref, own in runs] for name, runs in pairs.items()}
     most_over_one = np.asarray(ratios[f"ptuning_v2/{max(distinct)}"]) / ratios[f"ptuning_v2/{min(distinct)}"]
     plain_walls = sorted(ref.wall for runs in pairs.values() for ref, _ in runs)
+    with torch.inference_mode():
+        faults = [page_faults(lambda: plain(**batch)) for _ in range(5)]
 
     def ratio(name: str) -> float:
         return round(stats[name].median, 4)
@@ -156,6 +173,8 @@ def run_distinct_tasks(
         rounds=rounds,
         threads=threads,
         backbone_ms=round(plain_walls[len(plain_walls) // 2] * 1e3, 2),
+        page_faults=sorted(faults)[2],
+        allocator=os.environ.get("GLIBC_TUNABLES", "glibc defaults"),
         ptuning_v2=ptv2,
         ptuning_v2_quartiles={
             d: (round(stats[f"ptuning_v2/{d}"].q1, 4), round(stats[f"ptuning_v2/{d}"].q3, 4))
@@ -189,7 +208,8 @@ def markdown(result: DistinctTasksResult) -> str:
             f"PEFT's mixed-adapter batch (`adapter_names=[...]`), rank {result.lora_rank} on query and value, "
             f"one adapter per task. Time / the plain backbone on the same rows, each call timed right beside a "
             f"plain one (median of those ratios over {result.rounds} rounds, with their quartiles; "
-            f"{result.threads} CPU thread(s)); the plain backbone took {result.backbone_ms:.1f} ms per batch.",
+            f"{result.threads} CPU thread(s)); the plain backbone took {result.backbone_ms:.1f} ms per batch, "
+            f"with {result.page_faults} minor page faults ({result.allocator}).",
             "",
             "| distinct tasks in the batch | P-Tuning v2 (prompts + heads) / plain | quartiles "
             "| 95 % interval of the median | PEFT mixed LoRA / plain |",
