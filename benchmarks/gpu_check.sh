@@ -145,7 +145,7 @@ stage bench 100 "$PY" -m ptuning_v2.cli.main bench --quick --encoder "$ENCODER" 
     --output-dir "$OUT/bench"
 stage multitask 60 "$PY" -m ptuning_v2.cli.main bench --multitask --encoder "$ENCODER" \
     --requests-per-task 64 --rounds 3 --output-dir "$OUT/multitask"
-stage distinct 60 "$PY" -m ptuning_v2.cli.main bench --distinct-tasks --encoder "$ENCODER" --rounds 10 \
+stage distinct 75 "$PY" -m ptuning_v2.cli.main bench --distinct-tasks --encoder "$ENCODER" --rounds 40 \
     --output-dir "$OUT/distinct_tasks"
 stage checkpointing 60 "$PY" -m ptuning_v2.cli.main bench --checkpointing --decoder "$DECODER" \
     --seq-len 4096 --output-dir "$OUT/checkpointing"
