@@ -26,7 +26,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from ptuning_v2.benchmarks.multitask import random_checkpoint
-from ptuning_v2.benchmarks.timing import median_interval, paired, ratio_stats
+from ptuning_v2.benchmarks.timing import median_interval, paired, stats_of_ratios
 from ptuning_v2.data import load_builtin
 from ptuning_v2.injection.prefix import PROMPTS_KWARG
 from ptuning_v2.models import load_backbone
@@ -147,11 +147,8 @@ def run_distinct_tasks(
         fns[f"lora/{d}"] = lambda tasks=tasks: lora(**batch, adapter_names=tasks)
     with torch.inference_mode():
         pairs = paired(lambda: plain(**batch), fns, rounds, warmup=2, device=multi.device)
-    stats = {
-        name: ratio_stats([ref.wall for ref, _ in runs], [own.wall for _, own in runs])
-        for name, runs in pairs.items()
-    }
     ratios = {name: [own.wall / ref.wall for ref, own in runs] for name, runs in pairs.items()}
+    stats = {name: stats_of_ratios(np.asarray(values)) for name, values in ratios.items()}
     most_over_one = np.asarray(ratios[f"ptuning_v2/{max(distinct)}"]) / ratios[f"ptuning_v2/{min(distinct)}"]
     plain_walls = sorted(ref.wall for runs in pairs.values() for ref, _ in runs)
     with torch.inference_mode():

@@ -130,7 +130,11 @@ def ratio_stats(reference: list[float], other: list[float]) -> RatioStats:
     """Statistics of the per-round ratios; both lists hold one time per round, in round order."""
     if len(reference) != len(other) or not reference:
         raise ValueError(f"need one time per round for both, got {len(reference)} and {len(other)}")
-    ratios = np.asarray(other, dtype=float) / np.asarray(reference, dtype=float)
+    return stats_of_ratios(np.asarray(other, dtype=float) / np.asarray(reference, dtype=float))
+
+
+def stats_of_ratios(ratios: np.ndarray) -> RatioStats:
+    """Median, quartiles and the median's 95 % interval of per-round ratios already taken."""
     q1, median, q3 = np.percentile(ratios, [25, 50, 75])
     low, high = median_interval(ratios)
     return RatioStats(float(median), float(q1), float(q3), len(ratios), low, high)
