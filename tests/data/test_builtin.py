@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from datasets import DatasetDict
 
+from ptuning_v2.cli.main import main
 from ptuning_v2.data import builtin
 from ptuning_v2.data.builtin import (
     REGISTRY,
@@ -236,6 +237,34 @@ def test_load_builtin_reads_from_the_cache(tmp_path: Path, monkeypatch: pytest.M
     assert pull_builtin("rotten_tomatoes") == folder
     dd = load_builtin("rotten_tomatoes")
     assert list(dd) == SPLITS and dd["train"].column_names == ["text", "label"]
+
+
+def test_data_commands_list_and_pull_with_citation_and_notes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PTV2_CACHE", str(tmp_path))
+    for name, write in (
+        ("rotten_tomatoes", write_rotten_tomatoes),
+        ("trec50", lambda f: write_trec(f, trec_lines())),
+    ):
+        source = REGISTRY[name].source
+        folder = tmp_path / "data" / f"{source.name}-{source.version}"
+        folder.mkdir(parents=True, exist_ok=True)
+        write(folder)
+        (folder / ".complete").write_text(source.sha256 + "\n")
+
+    assert main(["data", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == list(REGISTRY)
+
+    assert main(["data", "pull", "rotten_tomatoes"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("rotten_tomatoes: train 17, validation 1, test 1 (files in ")
+    assert printed[1:] == [f"cite: {REGISTRY['rotten_tomatoes'].citation}"]  # no notes for this one
+
+    assert main(["data", "pull", "trec50"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1:] == [f"cite: {REGISTRY['trec50'].citation}", f"note: {REGISTRY['trec50'].notes}"]
 
 
 # ---------------------------------------------------------------------------------------------- real data

@@ -14,8 +14,6 @@ import torch
 from ptuning_v2.checkpoint import CheckpointError, TrainedCheckpoint
 from ptuning_v2.config import DeepPromptConfig
 
-PROMPT_KEY = "prompt.prompts."
-
 
 def checkpoint_prompts(
     checkpoint: TrainedCheckpoint,

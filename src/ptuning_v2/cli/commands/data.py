@@ -23,10 +23,15 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    from ptuning_v2.data import load_builtin, pull_builtin
+    """Fetch, build, and say what to cite and what to expect of the data."""
+    from ptuning_v2.data import get_builtin, load_builtin, pull_builtin
 
     folder = pull_builtin(args.name)
     splits = load_builtin(args.name)
     sizes = ", ".join(f"{split} {len(ds)}" for split, ds in splits.items())
+    entry = get_builtin(args.name)
     print(f"{args.name}: {sizes} (files in {folder})")
+    print(f"cite: {entry.citation}")
+    if entry.notes:
+        print(f"note: {entry.notes}")
     return 0
