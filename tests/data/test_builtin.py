@@ -7,6 +7,7 @@ import collections
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -227,13 +228,19 @@ def test_aclsum_builder_one_row_per_aspect(tmp_path: Path) -> None:
                                    "aspect": "approach"}  # fmt: skip
 
 
+def cache_stand_in(cache: Path, name: str, write: Callable[[Path], None]) -> Path:
+    """A built-in data set's extracted folder in the cache, as a completed fetch leaves it, holding stand-ins."""
+    source = REGISTRY[name].source
+    folder = cache / "data" / f"{source.name}-{source.version}"
+    folder.mkdir(parents=True, exist_ok=True)
+    write(folder)
+    (folder / ".complete").write_text(source.sha256 + "\n")
+    return folder
+
+
 def test_load_builtin_reads_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PTV2_CACHE", str(tmp_path))
-    source = REGISTRY["rotten_tomatoes"].source
-    folder = tmp_path / "data" / f"{source.name}-{source.version}"
-    folder.mkdir(parents=True)
-    write_rotten_tomatoes(folder)
-    (folder / ".complete").write_text(source.sha256 + "\n")
+    folder = cache_stand_in(tmp_path, "rotten_tomatoes", write_rotten_tomatoes)
     assert pull_builtin("rotten_tomatoes") == folder
     dd = load_builtin("rotten_tomatoes")
     assert list(dd) == SPLITS and dd["train"].column_names == ["text", "label"]
@@ -243,15 +250,8 @@ def test_data_commands_list_and_pull_with_citation_and_notes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("PTV2_CACHE", str(tmp_path))
-    for name, write in (
-        ("rotten_tomatoes", write_rotten_tomatoes),
-        ("trec50", lambda f: write_trec(f, trec_lines())),
-    ):
-        source = REGISTRY[name].source
-        folder = tmp_path / "data" / f"{source.name}-{source.version}"
-        folder.mkdir(parents=True, exist_ok=True)
-        write(folder)
-        (folder / ".complete").write_text(source.sha256 + "\n")
+    cache_stand_in(tmp_path, "rotten_tomatoes", write_rotten_tomatoes)
+    cache_stand_in(tmp_path, "trec50", lambda folder: write_trec(folder, trec_lines()))
 
     assert main(["data", "list"]) == 0
     listed = capsys.readouterr().out.splitlines()
