@@ -210,6 +210,10 @@ def test_device_dtype_and_threads_are_checked(capsys) -> None:
     assert "--checkpointing measures the decoder" in capsys.readouterr().err
     assert main(["bench", "--streams", "--stream-gap-ms", "-5"]) == 2
     assert "--stream-gap-ms must be 0 or more, got -5.0" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--rounds", "3"]) == 2
+    assert "--rounds applies to --size-rows, --multitask" in capsys.readouterr().err
+    assert main(["bench", "--multitask", "--rounds", "0"]) == 2
+    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
     assert main(["bench", "--distinct-tasks", "--distinct-counts", "2", "32"]) == 2
     assert "--distinct-counts must include 1 and go up to at most 32, got [2, 32]" in capsys.readouterr().err
     assert main(["bench", "--distinct-tasks", "--distinct-counts", "1", "64"]) == 2
@@ -255,3 +259,7 @@ def test_size_rows_measure_the_cost_tables_encoder_cases(tiny_bert_dir: Path, tm
     training = {(r["variant"], r["k"]) for r in results["training"]}
     assert {("full", None), ("ptuning_v2", 20)} <= training
     assert all(len(r["wall_ms"]) == 8 for r in results["inference"])
+    assert main([*argv, "--only", "inference", "--rounds", "3", "--output-dir", str(tmp_path / "more")]) == 0
+    results = json.loads((tmp_path / "more" / "bench.json").read_text())
+    assert "--rounds 3" in results["meta"]["command"]
+    assert all(len(r["wall_ms"]) == 3 for r in results["inference"])

@@ -58,12 +58,12 @@ def full_suite(encoder: str = "minilm", decoder: str = "smollm2") -> Suite:
     )
 
 
-def size_suite(encoder: str) -> Suite:
+def size_suite(encoder: str, inference_rounds: int = 8) -> Suite:
     """The encoder rows of the cost table (inference 16 x 128 at k = 20 and 100 against the plain model; a
     training step of 32 x 64 at k = 20 against full fine-tuning and LoRA) with few rounds: the same figures
     for another model size in minutes."""
     return Suite(
-        inference=(InferenceCase(encoder, "encoder", 16, 128, (20, 100), rounds=8, warmup=1),),
+        inference=(InferenceCase(encoder, "encoder", 16, 128, (20, 100), rounds=inference_rounds, warmup=1),),
         training=(TrainingCase(encoder, "encoder", 32, 64, (20,), rounds=5, warmup=1),),
     )
 

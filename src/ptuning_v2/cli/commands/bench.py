@@ -72,7 +72,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--requests-per-task", type=int, default=64, help="requests per task for --multitask")
     p.add_argument(
-        "--rounds", type=int, default=5, help="timing rounds for --multitask, --distinct-tasks and --streams"
+        "--rounds",
+        type=int,
+        help="timing rounds for --multitask, --distinct-tasks and --streams (5), and for the inference rows of "
+        "--size-rows (8)",
     )
     p.add_argument("--seq-len", type=int, default=2048, help="sequence length for --checkpointing")
     p.add_argument("--batch-size", type=int, default=1, help="batch size for --checkpointing")
@@ -108,6 +111,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    if args.rounds is None:
+        args.rounds = 8 if args.size_rows else 5
+    elif not (args.size_rows or args.multitask or args.distinct_tasks or args.streams):
+        raise ConfigError("--rounds applies to --size-rows, --multitask, --distinct-tasks and --streams only")
+    elif args.rounds < 1:
+        raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
     if args.checkpointing:
         return run_checkpointing(args)
     if args.multitask:
@@ -119,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if args.profile:
         suite = profile_suite(args.encoder, args.decoder, args.quick)
     elif args.size_rows:
-        suite = size_suite(args.encoder)
+        suite = size_suite(args.encoder, args.rounds)
     else:
         suite = (quick_suite if args.quick else full_suite)(args.encoder, args.decoder)
     if args.decoder == "none":
@@ -175,8 +184,8 @@ def run_multitask(args: argparse.Namespace) -> int:
     from ptuning_v2.benchmarks import multitask
     from ptuning_v2.config import ConfigError
 
-    if args.requests_per_task < 1 or args.rounds < 1:
-        raise ConfigError("--requests-per-task and --rounds must be at least 1")
+    if args.requests_per_task < 1:
+        raise ConfigError("--requests-per-task must be at least 1")
     torch.set_num_threads(args.threads)
     command = (
         f"ptv2 bench --multitask --encoder {args.encoder} --requests-per-task {args.requests_per_task} "
@@ -195,8 +204,6 @@ def run_distinct_tasks(args: argparse.Namespace) -> int:
     from ptuning_v2.benchmarks.timing import select_device
     from ptuning_v2.config import ConfigError
 
-    if args.rounds < 1:
-        raise ConfigError("--rounds must be at least 1")
     rows, counts = 32, tuple(sorted(set(args.distinct_counts)))
     if counts[0] != 1 or counts[-1] > rows:
         raise ConfigError(f"--distinct-counts must include 1 and go up to at most {rows}, got {list(counts)}")
@@ -223,8 +230,8 @@ def run_streams(args: argparse.Namespace) -> int:
     from ptuning_v2.benchmarks import streams
     from ptuning_v2.config import ConfigError
 
-    if args.rounds < 1 or args.stream_tokens < 1 or min(args.stream_counts) < 1:
-        raise ConfigError("--rounds, --stream-tokens and --stream-counts must be at least 1")
+    if args.stream_tokens < 1 or min(args.stream_counts) < 1:
+        raise ConfigError("--stream-tokens and --stream-counts must be at least 1")
     if not 0 <= args.stream_gap_ms < float("inf"):
         raise ConfigError(f"--stream-gap-ms must be 0 or more, got {args.stream_gap_ms}")
     if max(args.stream_counts) > len(streams.QUESTIONS):
@@ -249,8 +256,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["ptv2", "bench"] + [
         f"--{flag.replace('_', '-')}" for flag in ("quick", "profile", "size_rows") if getattr(args, flag)
     ]
-    for name in ("only", "encoder", "decoder", "device", "dtype", "threads", "output_dir"):
-        value = getattr(args, name)
+    for name in ("only", "encoder", "decoder", "device", "dtype", "threads", "rounds", "output_dir"):
+        value = getattr(args, name) if name != "rounds" or args.size_rows else None
         if value is not None:
             parts += [f"--{name.replace('_', '-')}", str(value)]
     return shlex.join(parts)
