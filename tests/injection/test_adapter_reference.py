@@ -220,6 +220,18 @@ def test_prompted_attention_matches_hand_computation(family: str, mode: str) -> 
     assert change > 0.1 * real_rows(plain).abs().max()  # the prompt matters
 
 
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_prompted_attention_runs_under_bfloat16_autocast(family: str) -> None:
+    """Masked scores take the minimum of the scores' own dtype: transformers' DeBERTa (v1) attention fills
+    bf16 scores with float32's minimum and fails under CPU autocast, and so did its adapter."""
+    model = DeepPromptModel(tiny(family), DeepPromptConfig(num_virtual_tokens=3, init_std=0.5)).eval()
+    with torch.no_grad():
+        expected = model(input_ids=IDS, attention_mask=MASK).last_hidden_state
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(input_ids=IDS, attention_mask=MASK).last_hidden_state
+    torch.testing.assert_close(real_rows(out.float()), real_rows(expected), atol=0.05, rtol=0.05)
+
+
 def test_prompt_keys_and_values_of_a_text_are_what_the_layer_computes() -> None:
     """Text initialisation (and slot discovery) record each layer's keys and values through the adapter."""
     model = DeepPromptModel(tiny("deberta_v3"), DeepPromptConfig(num_virtual_tokens=2, mode="prefix"))

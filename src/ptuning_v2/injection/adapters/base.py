@@ -34,15 +34,7 @@ import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ptuning_v2.injection.prefix import (
-    PROMPTS_KWARG,
-    Delivery,
-    Prefix,
-    Recording,
-    prepend_tokens,
-    rows,
-    widen_mask,
-)
+from ptuning_v2.injection.prefix import PROMPTS_KWARG, Delivery, Prefix, Recording, prepend_tokens, rows
 from ptuning_v2.injection.slots import ProbeCall, layer_of
 
 
@@ -80,28 +72,30 @@ def adapter_for(model: nn.Module) -> AttentionAdapter | None:
     return ATTENTION_ADAPTERS.get(getattr(model.config, "model_type", ""))
 
 
-def prefixed_scores(
-    scores: torch.Tensor, query: torch.Tensor, prefix: Prefix, scale: float | torch.Tensor
-) -> torch.Tensor:
-    """``[query . prefix key / scale ; scores]``: the real keys' scores ``[batch, heads, queries, keys]``
-    (position terms included) with the prefix columns in front, which get no position term."""
-    key = rows(prefix.key, query.shape[0]).to(query.dtype)
-    return torch.cat([torch.matmul(query, key.transpose(-1, -2)) / scale, scores], dim=-1)
+def prefixed(states: torch.Tensor, prefix_states: torch.Tensor) -> torch.Tensor:
+    """``[prefix_states ; states]`` along the tokens of ``[batch, heads, tokens, head_dim]`` keys or values.
+
+    Adapters take one product of the queries with the prefixed keys and add the position terms and the
+    mask to the real keys' columns in place (``mask_prefixed_scores_``). Scoring the prefix apart and
+    concatenating the scores copied a ``[batch, heads, queries, keys]`` tensor per layer and added the
+    terms out of place: on MPNet that was most of the prompt's cost (docs/results.md, under Cost)."""
+    return prepend_tokens(rows(prefix_states, states.shape[0]).to(states.dtype), states)
 
 
-def prefixed_mask(
-    mask: torch.Tensor | None, prefix: Prefix, query: torch.Tensor, module: nn.Module
-) -> torch.Tensor | None:
-    """A self-attention mask (boolean or additive, ``[batch, 1 or heads, queries, keys]``, or None) with
-    the prefix columns in front: visible to every query, except where ``prefix.mask`` hides them."""
-    prefix_mask = None if prefix.mask is None else rows(prefix.mask, query.shape[0])
-    tokens = query.shape[2]
-    return widen_mask(mask, prefix.key.shape[2], tokens, tokens, module, "eager", query, prefix_mask)
-
-
-def prefixed_values(value: torch.Tensor, prefix: Prefix) -> torch.Tensor:
-    """``[prefix value ; value]`` along the tokens of ``[batch, heads, tokens, head_dim]``."""
-    return prepend_tokens(rows(prefix.value, value.shape[0]).to(value.dtype), value)
+def mask_prefixed_scores_(scores: torch.Tensor, mask: torch.Tensor | None, prefix: Prefix) -> torch.Tensor:
+    """``scores`` (``[batch, heads, queries, length + keys]``) masked in place: the real keys' columns by
+    the self-attention ``mask`` (boolean, True where attended, or additive; broadcastable; or None), the
+    prefix columns by ``prefix.mask``, which hides the unused positions of shorter prompts."""
+    length = prefix.key.shape[2]
+    real = scores[..., length:]
+    if mask is not None and mask.dtype == torch.bool:
+        real.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+    elif mask is not None:  # additive: a wider dtype's minimum would turn to -inf in bf16 scores
+        real += mask.clamp(min=torch.finfo(scores.dtype).min)
+    if prefix.mask is not None:
+        hidden = ~rows(prefix.mask, scores.shape[0])[:, None, None, :]
+        scores[..., :length].masked_fill_(hidden, torch.finfo(scores.dtype).min)
+    return scores
 
 
 _DELIVERIES: ContextVar[tuple[Any, ...]] = ContextVar("ptv2_deliveries", default=())

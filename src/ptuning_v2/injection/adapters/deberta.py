@@ -14,9 +14,8 @@ from transformers.models.deberta.modeling_deberta import DisentangledSelfAttenti
 
 from ptuning_v2.injection.adapters.base import (
     AttentionAdapter,
-    prefixed_mask,
-    prefixed_scores,
-    prefixed_values,
+    mask_prefixed_scores_,
+    prefixed,
     register_adapter,
 )
 from ptuning_v2.injection.prefix import Prefix
@@ -48,21 +47,18 @@ class DebertaAdapter(AttentionAdapter):
         query = query + module.transpose_for_scores(module.q_bias[None, None, :])
         scale_factor = 1 + len(module.pos_att_type)
         query = query / scaled_size_sqrt(query, scale_factor).to(dtype=query.dtype)
-        scores = torch.matmul(query, key.transpose(-1, -2))
+        scores = torch.matmul(query, prefixed(key, prefix.key).transpose(-1, -2))
         if module.relative_attention and rel_embeddings is not None and relative_pos is not None:
             rel_embeddings = module.pos_dropout(rel_embeddings)
-            scores = scores + module.disentangled_att_bias(
-                query, key, relative_pos, rel_embeddings, scale_factor
-            )
-        scores = prefixed_scores(scores, query, prefix, 1.0)  # the query is already scaled
+            bias = module.disentangled_att_bias(query, key, relative_pos, rel_embeddings, scale_factor)
+            scores[..., prefix.key.shape[2] :] += bias  # real keys only
         if module.head_logits_proj is not None:  # talking heads mix the prefix columns too
             scores = module.head_logits_proj(scores.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        visible = prefixed_mask(attention_mask.bool(), prefix, query, module)
-        scores = scores.masked_fill(~visible, torch.finfo(query.dtype).min)
+        scores = mask_prefixed_scores_(scores, attention_mask.bool(), prefix)
         probs = module.dropout(nn.functional.softmax(scores, dim=-1))
         if module.head_weights_proj is not None:
             probs = module.head_weights_proj(probs.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        context = torch.matmul(probs, prefixed_values(value, prefix))
+        context = torch.matmul(probs, prefixed(value, prefix.value))
         context = context.permute(0, 2, 1, 3).reshape(*hidden_states.shape[:2], -1)
         return context, probs if output_attentions else None
 

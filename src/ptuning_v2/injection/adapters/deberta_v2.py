@@ -13,9 +13,8 @@ from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfA
 
 from ptuning_v2.injection.adapters.base import (
     AttentionAdapter,
-    prefixed_mask,
-    prefixed_scores,
-    prefixed_values,
+    mask_prefixed_scores_,
+    prefixed,
     register_adapter,
 )
 from ptuning_v2.injection.prefix import Prefix
@@ -51,20 +50,20 @@ class DebertaV2Adapter(AttentionAdapter):
         key_layer = module.transpose_for_scores(module.key_proj(hidden_states), heads)
         scale_factor = 1 + sum(kind in module.pos_att_type for kind in ("c2p", "p2c"))
         scale = scaled_size_sqrt(query_layer, scale_factor).to(dtype=query_layer.dtype)
-        scores = torch.bmm(query_layer, key_layer.transpose(-1, -2) / scale)
-        if module.relative_attention:
-            rel_embeddings = module.pos_dropout(rel_embeddings)
-            scores = scores + module.disentangled_attention_bias(
-                query_layer, key_layer, relative_pos, rel_embeddings, scale_factor
-            )
         batch = hidden_states.shape[0]
         query = query_layer.view(batch, heads, *query_layer.shape[1:])
-        scores = prefixed_scores(scores.view(batch, heads, *scores.shape[1:]), query, prefix, scale)
-        visible = prefixed_mask(attention_mask.bool(), prefix, query, module)
-        scores = scores.masked_fill(~visible, torch.finfo(query.dtype).min)
+        keys = prefixed(key_layer.view(batch, heads, *key_layer.shape[1:]), prefix.key)
+        scores = torch.matmul(query, keys.transpose(-1, -2) / scale)
+        if module.relative_attention:
+            rel_embeddings = module.pos_dropout(rel_embeddings)
+            bias = module.disentangled_attention_bias(
+                query_layer, key_layer, relative_pos, rel_embeddings, scale_factor
+            )
+            scores[..., prefix.key.shape[2] :] += bias.view(batch, heads, *bias.shape[1:])  # real keys only
+        scores = mask_prefixed_scores_(scores, attention_mask.bool(), prefix)
         probs = module.dropout(nn.functional.softmax(scores, dim=-1))
         value = _heads(module.value_proj(hidden_states), module)
-        context = torch.matmul(probs, prefixed_values(value, prefix))
+        context = torch.matmul(probs, prefixed(value, prefix.value))
         context = context.transpose(1, 2).reshape(batch, context.shape[2], -1)
         return context, probs if output_attentions else None
 

@@ -14,9 +14,8 @@ from transformers.models.mpnet.modeling_mpnet import MPNetSelfAttention
 
 from ptuning_v2.injection.adapters.base import (
     AttentionAdapter,
-    prefixed_mask,
-    prefixed_scores,
-    prefixed_values,
+    mask_prefixed_scores_,
+    prefixed,
     register_adapter,
 )
 from ptuning_v2.injection.prefix import Prefix
@@ -46,16 +45,13 @@ class MPNetAdapter(AttentionAdapter):
     ) -> tuple[torch.Tensor, ...]:
         query = _heads(module.q(hidden_states), module)
         key, value = self.key_value(module, hidden_states)
-        scale = math.sqrt(module.attention_head_size)
-        scores = torch.matmul(query, key.transpose(-1, -2)) / scale
+        keys = prefixed(key, prefix.key)
+        scores = torch.matmul(query, keys.transpose(-1, -2)) / math.sqrt(module.attention_head_size)
         if position_bias is not None:
-            scores = scores + position_bias
-        scores = prefixed_scores(scores, query, prefix, scale)
-        mask = prefixed_mask(attention_mask, prefix, query, module)
-        if mask is not None:
-            scores = scores + mask
+            scores[..., prefix.key.shape[2] :] += position_bias  # real keys only
+        scores = mask_prefixed_scores_(scores, attention_mask, prefix)
         probs = module.dropout(nn.functional.softmax(scores, dim=-1))
-        context = torch.matmul(probs, prefixed_values(value, prefix))
+        context = torch.matmul(probs, prefixed(value, prefix.value))
         output = module.o(context.transpose(1, 2).reshape(*hidden_states.shape[:2], -1))
         return (output, probs) if output_attentions else (output,)
 
