@@ -52,8 +52,9 @@ class DebertaV2Adapter(AttentionAdapter):
         scale = scaled_size_sqrt(query_layer, scale_factor).to(dtype=query_layer.dtype)
         batch = hidden_states.shape[0]
         query = query_layer.view(batch, heads, *query_layer.shape[1:])
-        keys = prefixed(key_layer.view(batch, heads, *key_layer.shape[1:]), prefix.key)
-        scores = torch.matmul(query, keys.transpose(-1, -2) / scale)
+        key = key_layer.view(batch, heads, *key_layer.shape[1:])
+        # the prefixed keys are not held: peak memory
+        scores = torch.matmul(query, prefixed(key, prefix.key).transpose(-1, -2) / scale)
         if module.relative_attention:
             rel_embeddings = module.pos_dropout(rel_embeddings)
             bias = module.disentangled_attention_bias(

@@ -45,8 +45,9 @@ class MPNetAdapter(AttentionAdapter):
     ) -> tuple[torch.Tensor, ...]:
         query = _heads(module.q(hidden_states), module)
         key, value = self.key_value(module, hidden_states)
-        keys = prefixed(key, prefix.key)
-        scores = torch.matmul(query, keys.transpose(-1, -2)) / math.sqrt(module.attention_head_size)
+        # the prefixed keys are not held, and the scale is applied in place: peak memory
+        scores = torch.matmul(query, prefixed(key, prefix.key).transpose(-1, -2))
+        scores = scores.div_(math.sqrt(module.attention_head_size))
         if position_bias is not None:
             scores[..., prefix.key.shape[2] :] += position_bias  # real keys only
         scores = mask_prefixed_scores_(scores, attention_mask, prefix)
