@@ -249,7 +249,9 @@ def test_encoder_only_bench_on_mpnet_records_that_peft_prefix_does_nothing_there
     assert {"full", "lora", "ptuning_v2"} <= trained
 
 
-def test_size_rows_measure_the_cost_tables_encoder_cases(tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_size_rows_measure_the_cost_tables_encoder_cases(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     argv = ["bench", "--size-rows", "--encoder", str(tiny_bert_dir), "--decoder", "none", "--threads", "1"]
     assert main([*argv, "--output-dir", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "bench.json").read_text())
@@ -259,7 +261,10 @@ def test_size_rows_measure_the_cost_tables_encoder_cases(tiny_bert_dir: Path, tm
     training = {(r["variant"], r["k"]) for r in results["training"]}
     assert {("full", None), ("ptuning_v2", 20)} <= training
     assert all(len(r["wall_ms"]) == 8 for r in results["inference"])
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1073741824")  # recorded, not applied
     assert main([*argv, "--only", "inference", "--rounds", "3", "--output-dir", str(tmp_path / "more")]) == 0
     results = json.loads((tmp_path / "more" / "bench.json").read_text())
     assert "--rounds 3" in results["meta"]["command"]
+    assert results["meta"]["allocator"] == "glibc.malloc.trim_threshold=1073741824"
+    assert "allocator: glibc.malloc.trim_threshold=1073741824" in (tmp_path / "more" / "bench.md").read_text()
     assert all(len(r["wall_ms"]) == 3 for r in results["inference"])

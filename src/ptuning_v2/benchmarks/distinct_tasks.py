@@ -13,7 +13,6 @@ timed too: the mechanism alone, against which the whole path's own share shows.
 
 from __future__ import annotations
 
-import os
 import resource
 import tempfile
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from ptuning_v2.benchmarks.multitask import random_checkpoint
-from ptuning_v2.benchmarks.timing import median_interval, paired, stats_of_ratios
+from ptuning_v2.benchmarks.timing import allocator_setting, median_interval, paired, stats_of_ratios
 from ptuning_v2.data import load_builtin
 from ptuning_v2.injection.prefix import PROMPTS_KWARG
 from ptuning_v2.models import load_backbone
@@ -171,7 +170,7 @@ def run_distinct_tasks(
         threads=threads,
         backbone_ms=round(plain_walls[len(plain_walls) // 2] * 1e3, 2),
         page_faults=sorted(faults)[2],
-        allocator=os.environ.get("GLIBC_TUNABLES", "glibc defaults"),
+        allocator=allocator_setting(),
         ptuning_v2=ptv2,
         ptuning_v2_quartiles={
             d: (round(stats[f"ptuning_v2/{d}"].q1, 4), round(stats[f"ptuning_v2/{d}"].q3, 4))

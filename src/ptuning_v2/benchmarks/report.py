@@ -136,7 +136,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"Command: `{meta.get('command', '')}`",
             "",
             ", ".join(
-                f"{key}: {meta[key]}" for key in ("device", "dtype", "threads", "torch", "transformers")
+                f"{key}: {meta[key]}"
+                for key in ("device", "dtype", "threads", "torch", "transformers", "allocator")
+                if key in meta  # files written before the allocator was recorded
             ),
             "",
         ]

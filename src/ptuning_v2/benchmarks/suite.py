@@ -19,6 +19,7 @@ from ptuning_v2.benchmarks.inference import InferenceCase, run_inference_case
 from ptuning_v2.benchmarks.profile import OperatorProfile, profile_inference, profile_training
 from ptuning_v2.benchmarks.profile import markdown as profile_markdown
 from ptuning_v2.benchmarks.report import evaluate_targets, write_report
+from ptuning_v2.benchmarks.timing import allocator_setting
 from ptuning_v2.benchmarks.training import TrainingCase, run_training_case
 from ptuning_v2.benchmarks.variants import peft_sequence_classification_error
 from ptuning_v2.utils.io import write_json_atomic, write_text_atomic
@@ -121,6 +122,7 @@ def environment(device: torch.device, dtype: torch.dtype, threads: int) -> dict[
         "peft": peft.__version__,
         "python": platform.python_version(),
         "load_average_at_start": list(os.getloadavg()),
+        "allocator": allocator_setting(),
     }
 
 

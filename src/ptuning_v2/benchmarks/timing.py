@@ -7,6 +7,7 @@ variant's cost is the median over rounds of its time divided by the reference's 
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import weakref
@@ -32,6 +33,12 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
     return device
+
+
+def allocator_setting() -> str:
+    """``GLIBC_TUNABLES`` as this process has it, or ``glibc defaults``: on a CPU, whether freed memory goes
+    back to the system and is faulted in again changes timings by several percent (docs/multi_prompt.md)."""
+    return os.environ.get("GLIBC_TUNABLES", "glibc defaults")
 
 
 def select_dtype(name: str, device: torch.device) -> torch.dtype:
