@@ -76,9 +76,9 @@ def prefixed(states: torch.Tensor, prefix_states: torch.Tensor) -> torch.Tensor:
     """``[prefix_states ; states]`` along the tokens of ``[batch, heads, tokens, head_dim]`` keys or values.
 
     Adapters take one product of the queries with the prefixed keys and add the position terms and the
-    mask to the real keys' columns in place (``mask_prefixed_scores_``). Scoring the prefix apart and
-    concatenating the scores copied a ``[batch, heads, queries, keys]`` tensor per layer and added the
-    terms out of place: on MPNet that was most of the prompt's cost (docs/results.md, under Cost)."""
+    mask to the real keys' columns in place (``mask_prefixed_scores_``): one ``[batch, heads, queries,
+    keys]`` tensor a layer before the softmax. Scoring the prefix apart, concatenating and adding out of
+    place made five (docs/results.md, under Cost: what that cost MPNet)."""
     return prepend_tokens(rows(prefix_states, states.shape[0]).to(states.dtype), states)
 
 
