@@ -28,6 +28,8 @@ from transformers import (
 from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
 
 from ptuning_v2.config import DeepPromptConfig
+from ptuning_v2.injection.adapters.base import mask_prefixed_scores_
+from ptuning_v2.injection.prefix import Prefix
 from ptuning_v2.prompts.model import DeepPromptModel
 
 HEADS, DIM = 2, 8
@@ -230,6 +232,25 @@ def test_prompted_attention_runs_under_bfloat16_autocast(family: str) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(input_ids=IDS, attention_mask=MASK).last_hidden_state
     torch.testing.assert_close(real_rows(out.float()), real_rows(expected), atol=0.05, rtol=0.05)
+
+
+def test_masking_in_place_keeps_bf16_scores_finite() -> None:
+    """float32's minimum in an additive mask rounds to -inf in bf16 scores (a fully hidden row would then
+    be NaN); it is clamped to the scores' own minimum. ``prefix.mask`` hides prefix columns per row."""
+    empty = torch.zeros(2, 1, 2, 4)
+    prefix = Prefix(empty, empty, mask=torch.tensor([[True, True], [True, False]]))
+    scores = torch.zeros(2, 1, 3, 2 + 3, dtype=torch.bfloat16)
+    mask = torch.zeros(2, 1, 1, 3)
+    mask[:, ..., -1] = torch.finfo(torch.float32).min
+    out = mask_prefixed_scores_(scores, mask, prefix)
+    lowest = torch.finfo(torch.bfloat16).min
+    assert out is scores and torch.isfinite(scores).all()
+    assert (scores[..., -1] == lowest).all() and (scores[..., 2:4] == 0).all()
+    assert (
+        (scores[0, ..., :2] == 0).all()
+        and (scores[1, ..., 0] == 0).all()
+        and (scores[1, ..., 1] == lowest).all()
+    )
 
 
 def test_prompt_keys_and_values_of_a_text_are_what_the_layer_computes() -> None:
