@@ -6,6 +6,7 @@ put under the user's values by :func:`ptuning_v2.methods.load_run_config`, from 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import functools
@@ -21,6 +22,18 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the field."""
+
+
+def finite_float(text: str) -> float:
+    """A command-line number (argparse ``type``): ``nan`` and ``inf`` parse as floats but would make
+    waits, budgets and bounds never end or never hold."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return number
 
 
 def _at_least(name: str, value: int | None, low: int, optional: bool = False) -> None:

@@ -70,6 +70,8 @@ def bearer(key: str) -> dict[str, str]:
             [{"name": "a", "key": ADMIN, "role": "admin"}, {"name": "b", "key": ADMIN, "role": "admin"}],
             "same key",
         ),
+        ([{"name": "a", "key": "clé-secrète-0123456789", "role": "admin"}], "printable ASCII"),
+        ([{"name": "a", "key": "  spaced-secret-0123456789", "role": "admin"}], "no spaces"),
         ({"users": []}, "expected a mapping with one entry, keys"),
         ([], "expected a mapping with one entry, keys"),
     ],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -32,16 +33,52 @@ def expected(multi: MultiPromptModel, name: str, text: str) -> dict:
     return prediction
 
 
-def test_overlong_inputs_refused_with_their_index(multi) -> None:
+@pytest.mark.parametrize("task", ["sentiment", "ner"])
+def test_overlong_inputs_refused_with_their_index(multi, task) -> None:
     server = InProcessServer(multi, ServeConfig(overlong="refuse"))
     try:
-        url = f"{server.url}/v1/tasks/sentiment/predict"
+        url = f"{server.url}/v1/tasks/{task}/predict"
         response = httpx.post(url, json={"inputs": ["good", LONG]})
         assert response.status_code == 422
         message = response.json()["error"]["message"]
         assert "input(s) [1]" in message and "train.max_length=16" in message and "refuses" in message
         response = httpx.post(url, json={"inputs": ["good"]})
         assert response.status_code == 200 and response.json()["outputs"][0]["text"] == "good"
+    finally:
+        server.stop()
+
+
+def test_bad_inputs_are_422_naming_them_and_faults_are_500_with_the_request_id(
+    multi, monkeypatch, caplog
+) -> None:
+    server = InProcessServer(multi, ServeConfig())
+    url = f"{server.url}/v1/tasks/sentiment/predict"
+    try:
+        lone = httpx.post(url, content='{"inputs": ["good", "\\ud800"]}')  # JSON lets a lone surrogate in
+        assert lone.status_code == 422
+        assert (
+            lone.json()["error"]["message"]
+            == "the body holds a lone surrogate (\\ud800), which is not Unicode text"
+        )
+        pair = httpx.post(url, content='{"inputs": ["\\ud83d\\ude00 good"]}')  # a pair is one character
+        assert pair.status_code == 200, pair.text
+        mixed = httpx.post(url, json={"inputs": ["good", ["a", "b"]]})
+        assert mixed.status_code == 422
+        assert mixed.json()["error"]["message"].startswith(
+            "inputs[1]: inputs mix single texts and sentence pairs"
+        )
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(multi, "run", broken)
+        with caplog.at_level(logging.ERROR, logger="ptv2.serve"):
+            fault = httpx.post(url, json={"inputs": ["good"]}, headers={"X-Request-ID": "bug-1"})
+        assert fault.status_code == 500
+        assert fault.json()["error"]["message"] == "internal server error (request id bug-1)"
+        assert "request bug-1: error while answering" in caplog.text and "RuntimeError: a bug" in caplog.text
+        assert httpx.get(f"{server.url}/docs").status_code == 404  # no undocumented paths
+        assert httpx.get(f"{server.url}/openapi.json").status_code == 404
     finally:
         server.stop()
 

@@ -180,6 +180,29 @@ def test_streamed_chunks_join_to_the_text(client, chat) -> None:
     assert len(streamed(client, "plain", PROMPTS[2], max_tokens=30)) > 5
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_stream_can_end_with_its_usage(client, chat) -> None:
+    name, prompt = ("chat" if chat else "plain"), PROMPTS[1]
+    if chat:
+        whole = client.chat.completions.create(model=name, messages=[{"role": "user", "content": prompt}])
+    else:
+        whole = client.completions.create(model=name, prompt=prompt)
+    chunks = streamed(client, name, prompt, chat, stream_options={"include_usage": True})
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    assert joined(chunks[:-1], chat) == (whole.choices[0].message.content if chat else whole.choices[0].text)
+    assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_a_participant_name_in_a_message_is_accepted_and_changes_nothing(client) -> None:
+    def answer(message: dict) -> str:
+        return client.chat.completions.create(model="chat", messages=[message]).choices[0].message.content
+
+    plain = {"role": "user", "content": PROMPTS[0]}
+    assert answer({**plain, "name": "alice"}) == answer(plain)
+    with pytest.raises(openai.BadRequestError, match=re.escape("messages[0].name: expected a text")):
+        answer({**plain, "name": 3})
+
+
 def test_stream_is_server_sent_events_ending_with_done(server) -> None:
     body = {"model": "plain", "prompt": PROMPTS[0], "stream": True, "max_tokens": 4}
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
@@ -375,6 +398,7 @@ def test_models_lists_the_tasks(client) -> None:
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"extra_body": {"logit_bias": {"1": 5}}}, "unsupported field(s) ['logit_bias']"),
         ({"prompt": ["a", "b"]}, "lists of prompts are not supported"),
+        ({"stream_options": {"include_usage": True}}, "stream_options: expected"),  # without stream
     ],
 )
 def test_bad_settings_are_the_clients_bad_request(client, settings, words) -> None:
@@ -397,6 +421,9 @@ def test_errors_have_openais_shape(client, server) -> None:
         client.chat.completions.create(model="chat", messages=[{"role": "assistant", "content": "hi"}])
     response = httpx.post(f"{server.url}/v1/completions", content="{", timeout=30)
     assert response.status_code == 400 and set(response.json()["error"]) == {"message", "type", "code"}
+    lone = '{"model": "plain", "prompt": "\\ud800"}'  # JSON lets a lone surrogate in; no tokenizer takes it
+    response = httpx.post(f"{server.url}/v1/completions", content=lone, timeout=30)
+    assert response.status_code == 400 and "lone surrogate" in response.json()["error"]["message"]
 
 
 def test_a_classification_task_is_sent_to_its_predict_route(tiny_bert_dir: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ the real command, with keys, from a process."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import httpx
@@ -35,11 +36,38 @@ def one_line_error(capsys) -> str:
         (["--cache-mb", "0"], "--cache-mb: expected a positive number"),
         (["--model-threads", "0"], "--model-threads: expected a positive number"),
         (["--ray", "--decode-batching"], "--decode-batching is for one process"),
+        (["--names", "bad name"], "--names: task name 'bad name': use letters, digits"),
     ],
 )
 def test_options_are_checked_before_loading(args, words, capsys) -> None:
     assert main(["serve", "--prompts", NOWHERE, *args]) == 2
     assert words in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("flag", ["--max-wait-ms", "--cache-mb"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_numbers_that_never_end_a_wait_are_refused(flag, value, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:  # argparse's own refusal of a value
+        main(["serve", "--prompts", NOWHERE, flag, value])
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"ptv2 serve: error: argument {flag}: expected a finite number, got {value!r}"
+
+
+def test_a_folder_whose_name_is_no_task_name_is_refused_before_loading(capsys) -> None:
+    assert main(["serve", "--prompts", "/no/such/my run/checkpoint"]) == 2
+    error = one_line_error(capsys)
+    assert "--prompts /no/such/my run/checkpoint: the task is named after its folder" in error
+    assert "name it with --names" in error
+
+
+def test_a_port_another_server_holds_is_refused_before_loading(capsys) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["serve", "--prompts", NOWHERE, "--port", str(port)]) == 2
+    assert f"--port {port}: cannot listen on 127.0.0.1" in one_line_error(capsys)
 
 
 def test_refusing_a_public_host_says_how_to_allow_it(capsys) -> None:

@@ -90,6 +90,7 @@ def test_names_leading_out_are_404_over_http(store: Path, tmp_path: Path, checkp
     assert predict(server, "acme/escape", ["x"]).json() == {
         "error": {"status": 404, "message": "unknown task 'acme/escape'"}
     }  # the same answer as a name that does not exist: nothing about the link
+    assert predict(server, ".hidden/x", ["x"]).json()["error"]["message"] == "unknown task '.hidden/x'"
     assert "acme/escape" not in loaded(server)
 
 
@@ -349,3 +350,25 @@ def test_post_without_a_store_does_not_tell_what_exists(tmp_path: Path, checkpoi
         assert answers == {"checkpoint 'PATH': not a readable checkpoint folder"}
     finally:
         server.stop()
+
+
+def test_removing_a_task_whose_load_fails_meanwhile_is_404(store_server, monkeypatch) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def failing_read(folder: Path) -> TrainedCheckpoint:
+        started.set()
+        assert release.wait(30)
+        raise CheckpointError(f"{folder}: damaged")
+
+    monkeypatch.setattr("ptuning_v2.serving.store.read_whole", failing_read)
+    server = store_server()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        asked = pool.submit(predict, server, "acme/sentiment", ["good"])
+        assert started.wait(30)
+        removed = pool.submit(httpx.delete, f"{server.url}/v1/tasks/acme/sentiment", timeout=60)
+        time.sleep(0.2)  # the removal waits for the load in progress
+        release.set()
+        assert asked.result().status_code == 503
+        response = removed.result()
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["message"] == "unknown task 'acme/sentiment'"

@@ -4,6 +4,7 @@ options, metrics, and training end to end on tiny random models."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -195,6 +196,19 @@ def test_predict_reads_json_objects_for_templates_with_several_fields(llama_dir:
     model = task.build_model(load_backbone(str(llama_dir), "causal_lm")).eval()
     [out] = task.predict(model, [json.dumps({"source": "good film", "aspect": "tone"})])
     assert out["input"] == {"source": "good film", "aspect": "tone"} and isinstance(out["generated"], str)
+
+
+def test_a_column_that_is_not_a_text_is_named(llama_dir: Path) -> None:
+    task = make_task(llama_dir)
+    with pytest.raises(DataError, match=re.escape("record '1': field 'source': expected a text, got int 5")):
+        task.predict_features(["good film", json.dumps({"source": 5})])
+    with pytest.raises(
+        DataError, match=re.escape("record '0': field 'source': expected a text, got NoneType")
+    ):
+        task.predict_features([{"source": None}])
+    assert task.predict_features(["[1, 2]"]) == task.predict_features(
+        [{"source": "[1, 2]"}]
+    )  # JSON, no object
 
 
 # ----------------------------------------------------------------------------------------- end to end

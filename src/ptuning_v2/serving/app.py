@@ -40,8 +40,8 @@ from ptuning_v2.serving.auth import AuthMiddleware, caller_key
 from ptuning_v2.serving.batching import InputTooLongError, predict_requests
 from ptuning_v2.serving.batching import Request as PredictRequest
 from ptuning_v2.serving.engine import Engine, ServeConfig, read_json
-from ptuning_v2.serving.multi_prompt import MultiPromptModel, TaskEntry, UnknownTaskError
-from ptuning_v2.serving.observability import Metrics, RequestMiddleware, context
+from ptuning_v2.serving.multi_prompt import MultiPromptModel, TaskEntry, UnknownTaskError, task_name
+from ptuning_v2.serving.observability import Metrics, RequestMiddleware, context, server_fault
 from ptuning_v2.serving.openai_api import openai_routes
 from ptuning_v2.serving.store import PromptStore, TaskCache, TaskLoader, TaskLoadError
 from ptuning_v2.utils.io import finite
@@ -253,6 +253,14 @@ def check_input(item: Any, index: int, max_chars: int) -> int:
     return size
 
 
+def input_error(exc: DataError | ConfigError) -> str:
+    """A request's unreadable input, named as the request names it: ``inputs[i]``."""
+    if isinstance(exc, DataError) and exc.file is None and exc.record is not None and exc.record.isdigit():
+        field = f"{exc.field}: " if exc.field else ""
+        return f"inputs[{exc.record}]: {field}{exc.problem}"
+    return str(exc)
+
+
 def create_app(
     multi: MultiPromptModel,
     config: ServeConfig | None = None,
@@ -283,7 +291,9 @@ def create_app(
             await state["cache"].close()
         loader.close()
 
-    app = FastAPI(title="ptv2 serve", lifespan=lifespan)
+    # no /docs, /redoc or /openapi.json: the routes read raw bodies, so their schema would say nothing
+    # (docs/serving.md is the API's description), and every path the server answers is one it documents
+    app = FastAPI(title="ptv2 serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(AuthMiddleware, keys=config.api_keys)
     app.add_middleware(RequestMiddleware, metrics=metrics, log_inputs=config.log_inputs)
 
@@ -382,9 +392,9 @@ def create_app(
         except InputTooLongError as exc:
             raise HTTPException(422, str(exc)) from None
         except (DataError, ConfigError) as exc:
-            raise HTTPException(422, str(exc)) from None
-        except Exception as exc:  # a fault of the server, not of the request: said, not hidden
-            raise HTTPException(500, f"{type(exc).__name__}: {exc}") from None
+            raise HTTPException(422, input_error(exc)) from None
+        except Exception as exc:  # a fault of the server, not of the request
+            raise server_fault(request, exc) from None
         return JSONResponse({"outputs": finite(outputs)})
 
     @app.post("/v1/tasks", status_code=201)
@@ -451,8 +461,3 @@ def create_app(
 
     app.include_router(openai_routes(task_for, lambda: state["dispatcher"], config, task_names))
     return app
-
-
-def task_name(directory: Path) -> str:
-    """``runs/sentiment/checkpoint`` -> ``sentiment``; any other folder -> its own name."""
-    return directory.parent.name if directory.name == "checkpoint" else directory.name

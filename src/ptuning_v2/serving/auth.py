@@ -7,7 +7,7 @@ have in flight at once::
 
     keys:
       - name: acme-app
-        key: "a long random secret"          # or sha256: "<hex digest of the key>"
+        key: "a-long-random-secret-4f9c2e"   # or sha256: "<hex digest of the key>"
         role: client
         tasks: ["acme/*"]
         max_concurrent: 16                    # default 16; one more in flight answers 429
@@ -115,6 +115,8 @@ def _read_key(entry: object, where: str) -> ApiKey:
         key = entry["key"]
         if not isinstance(key, str) or len(key) < MIN_KEY_CHARS:
             raise ConfigError(f"{where}: key: expected a string of at least {MIN_KEY_CHARS} characters")
+        if not all("!" <= c <= "~" for c in key):  # what a client can send in a header, as it is
+            raise ConfigError(f"{where}: key: use printable ASCII characters only, no spaces")
         digest = hashlib.sha256(key.encode("utf-8")).digest()
     else:
         hex_digest = entry["sha256"]

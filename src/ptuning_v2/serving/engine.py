@@ -89,7 +89,8 @@ class Engine(Protocol):
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON: 413 past ``limit`` bytes, 422 when it is not JSON."""
+    """The request body as JSON: 413 past ``limit`` bytes, 422 when it is not JSON or holds a text that is
+    not Unicode (JSON lets ``"\\ud800"`` through, a lone surrogate no tokenizer takes)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"request body of {declared} bytes; the limit is {limit}")
@@ -97,8 +98,15 @@ async def read_json(request: Request, limit: int) -> Any:
     if len(body) > limit:
         raise HTTPException(413, f"request body of {len(body)} bytes; the limit is {limit}")
     try:
-        return json.loads(body)
+        value = json.loads(body)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPException(422, f"the body is not valid JSON: {exc}") from None
+    except UnicodeEncodeError as exc:
+        surrogate = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+        raise HTTPException(
+            422, f"the body holds a lone surrogate ({surrogate}), which is not Unicode text"
+        ) from None
     except RecursionError:
         raise HTTPException(422, "the body is not valid JSON: nested too deeply") from None
+    return value

@@ -75,7 +75,7 @@ def check_task_name(name: str) -> None:
         )
 
 
-def _task_name(directory: Path) -> str:
+def task_name(directory: Path) -> str:
     """``runs/sentiment/checkpoint`` -> ``sentiment``; any other folder -> its own name."""
     return directory.parent.name if directory.name == "checkpoint" else directory.name
 
@@ -113,7 +113,7 @@ class MultiPromptModel:
 
         A list names each task after its folder (``runs/x/checkpoint`` -> ``x``)."""
         if not isinstance(checkpoints, Mapping):
-            checkpoints = {_task_name(Path(c)): c for c in checkpoints}
+            checkpoints = {task_name(Path(c)): c for c in checkpoints}
         if not checkpoints and model is None:
             raise ValueError("give at least one checkpoint folder, or the model to serve")
         read = {name: as_checkpoint(checkpoint) for name, checkpoint in checkpoints.items()}
@@ -142,7 +142,7 @@ class MultiPromptModel:
             )
         kind = get_task(meta["task"]).backbone_kind
         if self.kind is not None and kind != self.kind:
-            raise CheckpointError(f"{directory}: a {kind} task cannot share a {self.kind} backbone")
+            raise CheckpointError(f"{directory}: its {kind} task cannot run on this {self.kind} backbone")
         task, model = attach_trained(checkpoint, self.backbone, self.tokenizer, self.fingerprint)
         entry = TaskEntry(name, task, self._settle(model), directory, meta)
         if entry.encoder is not None and entry.encoder.prompt_config.mode != "prefix":

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -112,6 +113,14 @@ def context(connection: HTTPConnection | Scope) -> RequestContext:
     """The request's context (set by ``RequestMiddleware``)."""
     scope = connection.scope if isinstance(connection, HTTPConnection) else connection
     return scope[CONTEXT_KEY]
+
+
+def server_fault(request: HTTPConnection, exc: BaseException) -> HTTPException:
+    """The answer to a fault of the server that a route met: its traceback goes to the log, the caller
+    gets the request id to quote (as for an error no route caught)."""
+    request_id = context(request).request_id
+    error_log.error("request %s: error while answering", request_id, exc_info=exc)
+    return HTTPException(500, f"internal server error (request id {request_id})")
 
 
 OPENAI_ERROR_TYPES = {

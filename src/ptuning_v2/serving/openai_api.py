@@ -40,7 +40,7 @@ from ptuning_v2.serving.batching import InputTooLongError
 from ptuning_v2.serving.decode_batching import DecodeBatcher
 from ptuning_v2.serving.engine import Engine, ServeConfig, read_json
 from ptuning_v2.serving.multi_prompt import MultiPromptModel, TaskEntry, UnknownTaskError
-from ptuning_v2.serving.observability import openai_error_type
+from ptuning_v2.serving.observability import openai_error_type, server_fault
 from ptuning_v2.tasks.base import batches
 
 TaskResolver = Callable[[Request, str], Awaitable[TaskEntry]]
@@ -48,7 +48,7 @@ TaskResolver = Callable[[Request, str], Awaitable[TaskEntry]]
 TaskLister = Callable[[Request], Awaitable[list[str]]]
 """The names of the tasks a request may use."""
 
-SETTINGS = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "n"}
+SETTINGS = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "n"}
 COMPLETION_FIELDS = SETTINGS | {"prompt"}
 CHAT_FIELDS = SETTINGS | {"messages", "max_completion_tokens"}
 ROLES = ("system", "user", "assistant")
@@ -89,6 +89,8 @@ class Settings:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     stream: bool = False
+    include_usage: bool = False
+    """``stream_options.include_usage``: one more chunk before ``[DONE]``, with the usage."""
 
 
 def number(body: dict[str, Any], name: str, low: float, high: float, integer: bool = False) -> Any:
@@ -122,6 +124,16 @@ def parse_settings(body: dict[str, Any], allowed: set[str], max_tokens: int) -> 
         raise HTTPException(400, f"stop: expected a text or a list of up to {MAX_STOPS} non-empty texts")
     if not isinstance(body.get("stream", False), bool | None):
         raise HTTPException(400, f"stream: expected true or false, got {body['stream']!r}")
+    options = body.get("stream_options")
+    if options is not None and (
+        not body.get("stream")
+        or not isinstance(options, dict)
+        or set(options) - {"include_usage"}
+        or not isinstance(options.get("include_usage", False), bool)
+    ):
+        raise HTTPException(
+            400, 'stream_options: expected {"include_usage": true or false}, with stream: true'
+        )
     limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     return Settings(
         max_tokens=number(body, limit, 1, max_tokens, integer=True),
@@ -130,18 +142,26 @@ def parse_settings(body: dict[str, Any], allowed: set[str], max_tokens: int) -> 
         seed=number(body, "seed", 0, 2**32 - 1, integer=True),
         stop=stops,
         stream=bool(body.get("stream")),
+        include_usage=bool((options or {}).get("include_usage")),
     )
 
 
 def parse_messages(messages: Any, max_chars: int) -> list[dict[str, str]]:
-    """Chat messages as ``{"role", "content"}`` turns (content: a text, or a list of text parts); the
-    last turn is the user's; 400 otherwise, 413 past ``max_chars`` characters in all."""
+    """Chat messages as ``{"role", "content"}`` turns (content: a text, or a list of text parts; an
+    optional participant ``name`` is read and left out, as chat templates have no place for it); the last
+    turn is the user's; 400 otherwise, 413 past ``max_chars`` characters in all."""
     if not isinstance(messages, list) or not messages:
         raise HTTPException(400, 'messages: expected a list of {"role", "content"} objects')
     turns = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or set(message) - {"role", "content"} or "content" not in message:
-            raise HTTPException(400, f'messages[{i}]: expected an object {{"role", "content"}}')
+        if (
+            not isinstance(message, dict)
+            or set(message) - {"role", "content", "name"}
+            or "content" not in message
+        ):
+            raise HTTPException(400, f'messages[{i}]: expected an object {{"role", "content", "name"?}}')
+        if not isinstance(message.get("name", ""), str):
+            raise HTTPException(400, f"messages[{i}].name: expected a text")
         if message.get("role") not in ROLES:
             raise HTTPException(
                 400, f"messages[{i}].role: expected one of {list(ROLES)}, got {message.get('role')!r}"
@@ -317,7 +337,7 @@ class Generation(StoppingCriteria):
         return self.finish(ids, options["max_new_tokens"])
 
 
-def http_error(exc: Exception) -> HTTPException:
+def http_error(request: Request, exc: BaseException) -> HTTPException:
     """The HTTP answer to an error met while generating."""
     if isinstance(exc, HTTPException):
         return exc
@@ -325,7 +345,7 @@ def http_error(exc: Exception) -> HTTPException:
         return HTTPException(404, str(exc))
     if isinstance(exc, DataError | ConfigError):
         return HTTPException(400, str(exc))
-    return HTTPException(500, f"{type(exc).__name__}: {exc}")  # a fault of the server: said, not hidden
+    return server_fault(request, exc)
 
 
 def sse(data: dict[str, Any] | str) -> str:
@@ -405,9 +425,9 @@ def openai_routes(
                 generation.cancelled = True
                 raise
             except Exception as exc:
-                raise http_error(exc) from None
+                raise http_error(request, exc) from None
             return JSONResponse(reply.whole(result))
-        return await stream(runner, reply, Generation.streaming(entry, source, settings, config))
+        return await stream(request, runner, reply, Generation.streaming(entry, source, settings, config))
 
     sampling_turn = asyncio.Lock()
     decode_loop: DecodeBatcher | None = None
@@ -442,7 +462,9 @@ def openai_routes(
         running.add_done_callback(ended)
         return running
 
-    async def stream(runner: Engine, reply: Reply, generation: Generation) -> StreamingResponse:
+    async def stream(
+        request: Request, runner: Engine, reply: Reply, generation: Generation
+    ) -> StreamingResponse:
         """Server-sent events of the generation's text as it comes; an error before its first text is an
         HTTP error, one after it an ``error`` event."""
         events = generation.events
@@ -454,7 +476,7 @@ def openai_routes(
             generation.cancelled = True
             raise
         if first[0] == "end" and first[1].exception() is not None:
-            raise http_error(first[1].exception())
+            raise http_error(request, first[1].exception())
 
         async def chunks() -> AsyncIterator[str]:
             try:
@@ -465,10 +487,12 @@ def openai_routes(
                     yield sse(reply.chunk(value))
                     kind, value = await events.get()
                 if value.exception() is not None:
-                    error = http_error(value.exception())
+                    error = http_error(request, value.exception())
                     yield sse({"error": {"message": error.detail, "type": "server_error", "code": None}})
                 else:
                     yield sse(reply.chunk("", value.result().finish_reason))
+                    if generation.settings.include_usage:
+                        yield sse(reply.usage_chunk(value.result()))
                     yield sse("[DONE]")
             finally:
                 generation.cancelled = True  # ends the generation at its next token if the client went away
@@ -498,13 +522,13 @@ class Reply:
             choice["message"] = {"role": "assistant", "content": result.text}
         else:
             choice["text"] = result.text
-        usage = {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens,
-        }
         kind = "chat.completion" if self.chat else "text_completion"
-        return {**self.head(kind), "choices": [choice], "usage": usage}
+        return {**self.head(kind), "choices": [choice], "usage": usage(result)}
+
+    def usage_chunk(self, result: Result) -> dict[str, Any]:
+        """The stream's last chunk with ``stream_options.include_usage``: no choices, the usage."""
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return {**self.head(kind), "choices": [], "usage": usage(result)}
 
     def chunk(self, text: str, finish_reason: str | None = None) -> dict[str, Any]:
         """A streamed chunk adding ``text``; the first chunk of a chat names the assistant's role, the
@@ -519,3 +543,11 @@ class Reply:
             self.started = True
         choice["delta"] = delta
         return {**self.head("chat.completion.chunk"), "choices": [choice]}
+
+
+def usage(result: Result) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ptuning_v2.config import ConfigError
+from ptuning_v2.config import ConfigError, finite_float
 
 if TYPE_CHECKING:
     from ptuning_v2.serving.engine import ServeConfig
@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--names", nargs="*", metavar="NAME", help="task names, one per --prompts folder")
     p.add_argument("--store", metavar="DIR", help="a folder of checkpoint folders, loaded on demand")
     p.add_argument("--max-loaded-tasks", type=int, default=100, help="store tasks kept in memory (LRU)")
-    p.add_argument("--cache-mb", type=float, default=512.0, help="MiB of store prompts + heads in memory")
+    p.add_argument(
+        "--cache-mb", type=finite_float, default=512.0, help="MiB of store prompts + heads in memory"
+    )
     p.add_argument("--api-keys", metavar="FILE", help="API keys, roles and task patterns (YAML)")
     p.add_argument(
         "--insecure",
@@ -37,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-inputs", action="store_true", help="write the inputs into the access log")
     p.add_argument("--no-access-log", action="store_true", help="no JSON access-log line per request")
     p.add_argument("--max-batch-size", type=int, default=32, help="inputs per mixed-task batch")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--max-wait-ms", type=finite_float, default=5.0, help="how long a batch waits to fill")
     p.add_argument(
         "--model-threads",
         type=int,
@@ -73,24 +75,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ray.add_argument(
         "--ray-address", help="an existing Ray cluster (auto, ray://HOST:10001, ...); default: a local one"
     )
-    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica")
-    ray.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs Ray reserves per replica")
+    ray.add_argument("--replica-cpus", type=finite_float, default=1.0, help="CPUs Ray reserves per replica")
+    ray.add_argument("--replica-gpus", type=finite_float, default=0.0, help="GPUs Ray reserves per replica")
 
 
 def checkpoints(args: argparse.Namespace) -> dict[str, str]:
     """Task name -> checkpoint folder, from ``--prompts`` and ``--names``."""
-    from ptuning_v2.serving.app import task_name
-
     if not args.prompts and not args.model and not args.store:
-        raise ConfigError(
-            "ptv2 serve: give --prompts checkpoint folders or a --store (or --model to start with none)"
-        )
-    if args.names is not None and len(args.names) != len(args.prompts):
-        raise ConfigError(f"--names: {len(args.names)} names for {len(args.prompts)} --prompts folders")
-    names = args.names or [task_name(Path(p)) for p in args.prompts]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"two checkpoints have the same task name in {names}; name them with --names")
-    return dict(zip(names, args.prompts, strict=True))
+        raise ConfigError("give --prompts checkpoint folders or a --store (or --model to start with none)")
+    return named_prompts(args.prompts, args.names)
+
+
+def named_prompts(prompts: list[str], names: list[str] | None) -> dict[str, str]:
+    """Task name -> checkpoint folder; a name is ``--names``' or its folder's, and is a valid task name."""
+    from ptuning_v2.serving.multi_prompt import check_task_name, task_name
+
+    if names is not None and len(names) != len(prompts):
+        raise ConfigError(f"--names: {len(names)} names for {len(prompts)} --prompts folders")
+    chosen = names or [task_name(Path(p)) for p in prompts]
+    if len(set(chosen)) != len(chosen):
+        raise ConfigError(f"two checkpoints have the same task name in {chosen}; name them with --names")
+    for name, folder in zip(chosen, prompts, strict=True):
+        try:
+            check_task_name(name)
+        except ValueError as exc:
+            if names:
+                raise ConfigError(f"--names: {exc}") from None
+            raise ConfigError(
+                f"--prompts {folder}: the task is named after its folder; {exc}; or name it with --names"
+            ) from None
+    return dict(zip(chosen, prompts, strict=True))
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -137,15 +151,26 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
 
 def check_listen(args: argparse.Namespace, config: ServeConfig) -> None:
     """The address to bind: a valid port, a host that resolves, and loopback only unless callers need a
-    key (``--api-keys``) or the user said ``--insecure``."""
+    key (``--api-keys``) or the user said ``--insecure``. Without Ray (whose proxy binds it), the port must
+    be free now: found before the backbone loads, not after."""
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: expected a port number from 1 to 65535")
     try:
-        addresses = {
-            info[4][0] for info in socket.getaddrinfo(args.host, args.port, proto=socket.IPPROTO_TCP)
-        }
+        infos = socket.getaddrinfo(args.host, args.port, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise ConfigError(f"--host {args.host}: not an address of this machine ({exc})") from None
+    addresses = {info[4][0] for info in infos}
+    if not args.ray:
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise ConfigError(
+                    f"--port {args.port}: cannot listen on {args.host} ({exc.strerror}); is another server "
+                    "there? Choose another --port"
+                ) from None
     loopback = all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
     if not loopback and config.api_keys is None and not args.insecure:
         raise ConfigError(

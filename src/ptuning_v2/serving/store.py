@@ -29,6 +29,7 @@ after a back-off (1 s, doubling up to 60 s) or as soon as its files change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -94,8 +95,8 @@ class PromptStore:
         checkpoint inside the store (``..``, an absolute path, a symlink leading out, no checkpoint)."""
         try:
             check_task_name(name)
-        except ValueError as exc:
-            raise UnknownTaskError(f"unknown task {name!r}: {exc}") from None
+        except ValueError:
+            raise UnknownTaskError(f"unknown task {name!r}") from None  # as any name not in the store
         parts = name.split("/")
         path = self.root.joinpath(*parts)
         files = [path / CONFIG_FILE, path / WEIGHTS_FILE]
@@ -293,7 +294,8 @@ class TaskCache:
         """Take a store task out of memory (once its running requests are answered); it reloads on its
         next request."""
         while name in self.busy:
-            await asyncio.shield(self.busy[name])
+            with contextlib.suppress(TaskLoadError):  # a failed load is its own requests' answer
+                await asyncio.shield(self.busy[name])
         if name not in self.loaded:
             raise UnknownTaskError(f"task {name!r} is not loaded")
         self._unload(name)

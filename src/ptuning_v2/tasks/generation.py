@@ -373,7 +373,13 @@ class GenerationTask(Task):
     def predict_features(self, texts: list[Any]) -> list[list[dict[str, Any]]]:
         """One feature per input: its prompt (or source) token ids. Inputs: a source text, or a JSON object
         (or dict) with the columns the template uses."""
-        features = [[self.encode(self.input_row(text))] for text in texts]
+        features = []
+        for i, text in enumerate(texts):
+            try:
+                row = self.input_row(text)
+            except DataError as exc:
+                raise DataError(exc.problem, field=exc.field, record=str(i)) from None
+            features.append([self.encode(row)])
         self._flush_cuts("predict")
         return features
 
@@ -391,18 +397,21 @@ class GenerationTask(Task):
 
     @staticmethod
     def input_row(text: Any) -> dict[str, Any]:
-        if isinstance(text, dict):
-            return text
+        """A prediction input as a row of columns; a column's value is a text, as in the data files."""
         if isinstance(text, tuple | list):
             text = "\t".join(text)
-        if text.lstrip().startswith("{"):
+        row = text
+        if isinstance(text, str) and text.lstrip().startswith("{"):
             try:
-                parsed = json.loads(text)
+                row = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise DataError(f"input looks like a JSON object but is not valid JSON: {exc}") from None
-            if isinstance(parsed, dict):
-                return parsed
-        return {"source": text}
+        if not isinstance(row, dict):
+            return {"source": text}
+        for column, value in row.items():
+            if not isinstance(value, str):
+                raise DataError(f"expected a text, got {type(value).__name__} {value!r}", field=column)
+        return row
 
 
 @register_task

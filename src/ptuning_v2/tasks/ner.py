@@ -216,7 +216,7 @@ class NerTask(Task):
             return []
         spans = [split_words(text) for text in texts]
         encoded = self._encode([[w for w, _, _ in words] or [""] for words in spans])
-        return [
+        features = [
             [
                 {
                     **{k: encoded[k][i] for k in encoded},
@@ -225,6 +225,12 @@ class NerTask(Task):
             ]
             for i, words in enumerate(spans)
         ]
+        self.report.change(
+            "predict",
+            f"truncated to train.max_length={self.config.train.max_length} tokens (cut words get no entity)",
+            sum(min(feature["word_positions"], default=0) < 0 for (feature,) in features),
+        )
+        return features
 
     def decode_predictions(
         self, texts: list[Any], features: list[list[dict[str, Any]]], outputs: list[list[dict[str, Any]]]

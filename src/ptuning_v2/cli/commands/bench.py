@@ -9,6 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ptuning_v2.config import finite_float
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -63,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream-tokens", type=int, default=64, help="new tokens per stream for --streams")
     p.add_argument(
         "--stream-gap-ms",
-        type=float,
+        type=finite_float,
         default=0.0,
         help="for --streams: one stream's request every this many ms instead of all at once",
     )

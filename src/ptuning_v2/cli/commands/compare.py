@@ -10,7 +10,7 @@ import argparse
 import shlex
 
 from ptuning_v2.cli.arguments import add_overrides
-from ptuning_v2.config import ConfigError
+from ptuning_v2.config import ConfigError, finite_float
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--budget-seconds",
-        type=float,
+        type=finite_float,
         metavar="S",
         help="give every method S seconds of training (train.max_seconds) instead of the same steps",
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from ptuning_v2.config import finite_float
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, help="components kept per layer (at most min(length, width))")
     p.add_argument(
         "--variance",
-        type=float,
+        type=finite_float,
         help="keep per layer the fewest components explaining this share of variance, e.g. 0.99 "
         "(with --rank: at most R components)",
     )

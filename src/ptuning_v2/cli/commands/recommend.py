@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ptuning_v2.cli.commands.suggest_config import GUIDANCE, size_class
-from ptuning_v2.config import ConfigError
+from ptuning_v2.config import ConfigError, finite_float
 
 HARD_TASKS = ("ner", "qa")
 """Sequence labelling and extractive QA: where input-only prompts fail (the paper's NER/QA/SRL results)."""
@@ -186,7 +186,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-examples", type=int, required=True, help="labelled training examples")
     p.add_argument("--num-tasks", type=int, default=1, help="tasks to serve from this backbone (default 1)")
     p.add_argument(
-        "--memory-gb", type=float, required=True, help="accelerator (or RAM) memory for training, GB"
+        "--memory-gb", type=finite_float, required=True, help="accelerator (or RAM) memory for training, GB"
     )
     p.add_argument("--model", default="MODEL", help="model alias, folder or hub name for the config")
     p.set_defaults(func=run)

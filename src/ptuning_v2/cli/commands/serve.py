@@ -67,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
     store = PromptStore(config.store) if config.store else None
     multi = open_backbone(tasks, store, args.model, args.device)
     stored = f" and the store {store.root} on demand" if store else ""
+    host = f"[{args.host}]" if ":" in args.host else args.host
     print(
-        f"ptv2 serve: {len(multi.tasks)} task(s) {sorted(multi.tasks)}{stored} on {multi.model_name}",
+        f"ptv2 serve: {len(multi.tasks)} task(s) {sorted(multi.tasks)}{stored} on {multi.model_name} "
+        f"(http://{host}:{args.port})",
         flush=True,
     )
     split_cpu_threads(multi, config)

@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ptuning_v2.config import ConfigError
+from ptuning_v2.config import ConfigError, finite_float
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="make every text N tokens long (cut, or extended by the next)",
     )
-    p.add_argument("--max-seconds", type=float, default=120.0, help="stop a mode after this long")
+    p.add_argument("--max-seconds", type=finite_float, default=120.0, help="stop a mode after this long")
     p.add_argument(
         "--rounds",
         type=int,
@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--store-tasks, times the three traffic shapes run (1)",
     )
     p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-wait-ms", type=finite_float, default=5.0)
     p.add_argument("--model-threads", type=int, default=2, help="the server's --model-threads")
     p.add_argument("--output-dir", default="results/serving", help="where the JSON and markdown go")
     store = p.add_argument_group("store scale (ptv2 serve --store)")
@@ -44,18 +44,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--store-tasks", type=int, metavar="N", help="build a store of N tasks copied from --prompts; test it"
     )
     store.add_argument("--max-loaded-tasks", type=int, default=100, help="the server's cache bound")
-    store.add_argument("--zipf-s", type=float, default=1.1, help="the Zipf exponent of task popularity")
+    store.add_argument(
+        "--zipf-s", type=finite_float, default=1.1, help="the Zipf exponent of task popularity"
+    )
     store.add_argument("--store-dir", help="where to build the store (default: a temporary folder)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ptuning_v2.serving.app import task_name
     from ptuning_v2.serving.loadtest import run_load_test
+    from ptuning_v2.serving.options import named_prompts
 
-    if args.names is not None and len(args.names) != len(args.prompts):
-        raise ConfigError(f"--names: {len(args.names)} names for {len(args.prompts)} --prompts folders")
-    names = args.names or [task_name(Path(p)) for p in args.prompts]
+    prompts = named_prompts(args.prompts, args.names)
     for flag in (
         "clients",
         "requests",
@@ -71,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
     server_args = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
     if args.store_tasks is not None:
         server_args += ["--model-threads", str(args.model_threads)]
-        return run_store(args, dict(zip(names, args.prompts, strict=True)), server_args, command)
+        return run_store(args, prompts, server_args, command)
     report = run_load_test(
-        dict(zip(names, args.prompts, strict=True)),
+        prompts,
         Path(args.output_dir),
         clients=args.clients,
         requests=args.requests,

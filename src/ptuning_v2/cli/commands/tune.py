@@ -7,6 +7,7 @@ import json
 import shlex
 
 from ptuning_v2.cli.arguments import add_overrides
+from ptuning_v2.config import finite_float
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="trials the study should have in total (resuming counts old)",
     )
-    p.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    p.add_argument("--timeout", type=finite_float, help="start no new trial after this many seconds")
     p.add_argument(
         "--output-dir", required=True, help="study.db, best.yaml, trials.csv/.md, plots, trials/, best/"
     )
