@@ -218,6 +218,67 @@ def test_unknown_model_name_fails_in_seconds(data_dir, tmp_path, capsys) -> None
     assert time.monotonic() - start < 20  # the hub's own retries took about 50 s
 
 
+def test_a_config_file_that_is_not_utf8_or_not_yaml_gives_its_line(tmp_path, capsys) -> None:
+    (tmp_path / "latin.yaml").write_bytes(b"model: minilm\ntask: classification # caf\xe9\n")
+    code, _, err = run_cli(
+        ["train", str(tmp_path / "latin.yaml"), "--output-dir", str(tmp_path / "r")], capsys
+    )
+    assert code == 2 and "latin.yaml: line 2: byte 0xe9 is not valid UTF-8" in one_line_error(err, "train")
+    (tmp_path / "bad.yaml").write_text("model: minilm\n  task: [x\n", encoding="utf-8")
+    code, _, err = run_cli(["train", str(tmp_path / "bad.yaml"), "--output-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and "bad.yaml: invalid YAML: line 2, column 7: " in one_line_error(err, "train")
+
+
+def test_texts_that_are_not_texts_name_their_line(tiny_bert_dir, tmp_path, capsys) -> None:
+    lines = [json.dumps({"text": i, "label": "ab"[i % 2]}) for i in range(8)]  # numbers all the way down
+    (tmp_path / "numbers.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    files = {"train": tmp_path / "numbers.jsonl"}
+    code, _, err = run_cli(train_args(tiny_bert_dir, files, tmp_path / "r", "data.columns={}"), capsys)
+    assert code == 2
+    assert "numbers.jsonl: line 1: field 'text': expected a text, found a number" in one_line_error(
+        err, "train"
+    )
+
+
+def test_a_misspelt_column_mapping_is_refused(tiny_bert_dir, data_dir, tmp_path, capsys) -> None:
+    columns = "data.columns={text: review, label: sentiment, text_pairr: review}"
+    code, _, err = run_cli(train_args(tiny_bert_dir, files_of(data_dir), tmp_path / "r", columns), capsys)
+    assert code == 2
+    assert "not ['text_pairr']; did you mean 'text_pair'?" in one_line_error(err, "train")
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_loading(trained: Path, tmp_path, capsys) -> None:
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    for command in (
+        ["train", "--set", "model=/no/such/model", "--output-dir", str(tmp_path / "afile")],
+        ["eval", str(trained / "checkpoint"), "--output-dir", str(tmp_path / "afile")],
+        ["compress", str(trained / "checkpoint"), "--rank", "1", "--output-dir", str(tmp_path / "afile")],
+    ):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2 and "is a file, not a folder" in one_line_error(err, command[0]), command
+
+
+def test_eval_and_compress_never_write_over_a_run_unasked(trained: Path, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "metrics.json").read_bytes()
+    code, _, err = run_cli(["eval", str(trained / "checkpoint"), "--output-dir", str(run)], capsys)
+    assert code == 2 and "holds a metrics.json" in one_line_error(err, "eval") and "--overwrite" in err
+    code, _, err = run_cli(
+        ["compress", str(trained / "checkpoint"), "--rank", "1", "--output-dir", str(run / "checkpoint")],
+        capsys,
+    )
+    assert code == 2 and "not empty; pass --overwrite" in one_line_error(err, "compress")
+    assert (run / "metrics.json").read_bytes() == before  # nothing was written
+    assert (
+        run_cli(["eval", str(trained / "checkpoint"), "--output-dir", str(run), "--overwrite"], capsys)[0]
+        == 0
+    )
+    assert "train_seconds" not in json.loads(
+        (run / "metrics.json").read_text()
+    )  # an evaluation trained nothing
+
+
 # ------------------------------------------------------------------------------- eval and predict
 
 

@@ -8,7 +8,7 @@ name=$1 checkpoint=$2 ranks=$3 variances=$4
 work=runs/compress/$name out=results/compression/$name
 mkdir -p "$work" "$out"
 ptv2=${PTV2:-.venv/bin/ptv2}
-$ptv2 eval "$checkpoint" --output-dir "$work/eval-dense" > /dev/null
+$ptv2 eval "$checkpoint" --output-dir "$work/eval-dense" --overwrite > /dev/null
 cp "$work/eval-dense/metrics.json" "$out/dense-metrics.json"
 variants=()
 for r in $ranks; do variants+=("rank-$r:--rank $r"); done
@@ -16,8 +16,8 @@ for v in $variances; do variants+=("variance-$v:--variance $v"); done
 for variant in "${variants[@]}"; do
   label=${variant%%:*} args=${variant#*:}
   # shellcheck disable=SC2086
-  $ptv2 compress "$checkpoint" $args --output-dir "$work/$label"
-  $ptv2 eval "$work/$label" --output-dir "$work/eval-$label" > /dev/null
+  $ptv2 compress "$checkpoint" $args --output-dir "$work/$label" --overwrite
+  $ptv2 eval "$work/$label" --output-dir "$work/eval-$label" --overwrite > /dev/null
   mkdir -p "$out/$label"
   cp "$work/$label/compression_report.json" "$work/eval-$label/metrics.json" "$out/$label/"
 done

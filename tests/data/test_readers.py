@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -281,6 +282,15 @@ def test_read_jsonl_tagged_length_mismatch(tmp_path: Path) -> None:
         read_jsonl_tagged(path)
 
 
+@pytest.mark.parametrize("token", ["", " "])
+def test_a_blank_token_is_refused_not_silently_untagged(tmp_path: Path, token: str) -> None:
+    path = write(
+        tmp_path / "t.jsonl", json.dumps({"tokens": ["Bob", token], "tags": ["B-PER", "B-LOC"]}) + "\n"
+    )
+    with pytest.raises(DataError, match=r"t\.jsonl: line 1: field 'tokens': token 1 is empty or only spaces"):
+        read_jsonl_tagged(path)
+
+
 def test_load_local_ner_mixes_conll_and_jsonl(tmp_path: Path) -> None:
     dd = NerTask.load_local(
         DataConfig(
@@ -373,6 +383,25 @@ def test_read_squad_bad_offset_names_file_and_question(tmp_path: Path) -> None:
         str(info.value)
         == f"{path}: record 'q9': answer '2016' is not at answer_start 35 (the context has ' 201' there)"
     )
+
+
+@pytest.mark.parametrize(
+    ("qa", "words"),
+    [
+        (
+            {"answers": [{"text": "", "answer_start": 0}]},
+            "answer '' at answer_start 0: an answer is a non-empty span",
+        ),
+        ({"answers": [{"text": "", "answer_start": -1}]}, "answer '' at answer_start -1"),
+        ({"answers": [{"text": " ", "answer_start": 6}]}, "answer ' ' at answer_start 6"),
+        ({"answers": [{"text": "Denver", "answer_start": -41}]}, "answer 'Denver' at answer_start -41"),
+        ({"answers": [], "is_impossible": "false"}, "is_impossible: expected true or false, got 'false'"),
+    ],
+)
+def test_read_squad_refuses_answers_that_are_no_span(tmp_path: Path, qa: dict, words: str) -> None:
+    path = squad_file(tmp_path, [{"id": "q1", "question": "Who?", **qa}])
+    with pytest.raises(DataError, match=re.escape(f"{path}: record 'q1': {words}")):
+        read_squad(path)
 
 
 def test_read_squad_duplicate_id_and_missing_answers(tmp_path: Path) -> None:

@@ -206,9 +206,12 @@ def test_a_column_that_is_not_a_text_is_named(llama_dir: Path) -> None:
         DataError, match=re.escape("record '0': field 'source': expected a text, got NoneType")
     ):
         task.predict_features([{"source": None}])
-    assert task.predict_features(["[1, 2]"]) == task.predict_features(
-        [{"source": "[1, 2]"}]
-    )  # JSON, no object
+    as_text = task.predict_features(["[1, 2]"])  # JSON, but no object: the source itself
+    assert as_text == task.predict_features([{"source": "[1, 2]"}])
+    with pytest.raises(DataError, match=re.escape("source_template needs the field 'source'")):
+        task.predict_features([json.dumps({"text": "x"})])  # the template's own error, not a KeyError
+    titled = make_task(llama_dir, source_template="{title}\n")  # a template without a source
+    assert titled.predict_features([{"title": "x"}]) == titled.predict_features([json.dumps({"title": "x"})])
 
 
 # ----------------------------------------------------------------------------------------- end to end

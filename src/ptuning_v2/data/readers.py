@@ -209,6 +209,11 @@ def _read_table_rows(
                 raise DataError(
                     "empty value" + (f" (our {ours!r})" if theirs != ours else ""), path, line, theirs
                 )
+        for ours in ("text", "text_pair"):  # what a tokenizer reads: a number or a list is no text
+            if new.get(ours) is not None and not isinstance(new[ours], str):
+                raise DataError(
+                    f"expected a text, found a {_kind(new[ours])}", path, line, mapping.get(ours, ours)
+                )
         if new.get("label") is not None and not isinstance(new["label"], str):
             if isinstance(new["label"], list | dict):
                 raise DataError(
@@ -381,6 +386,9 @@ def read_jsonl_tagged(path: str | Path) -> list[dict[str, Any]]:
                 )
         if not row["tokens"]:
             raise DataError("empty sentence", path, line, "tokens")
+        blank = next((i for i, token in enumerate(row["tokens"]) if not token.strip()), None)
+        if blank is not None:  # it has no subword to carry its tag: the tag would be lost without a word
+            raise DataError(f"token {blank} is empty or only spaces; a token is a word", path, line, "tokens")
         if len(row["tokens"]) != len(row[tag_key]):
             raise DataError(
                 f"{len(row['tokens'])} tokens but {len(row[tag_key])} tags; they must pair up", path, line
@@ -457,7 +465,12 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
                 question = _key(qa, "question", path, qid, str)
                 texts: list[str] = []
                 starts: list[int] = []
-                if not qa.get("is_impossible", False):
+                impossible = qa.get("is_impossible", False)
+                if not isinstance(impossible, bool):  # "false" would read as true
+                    raise DataError(
+                        f"is_impossible: expected true or false, got {impossible!r}", path, record=qid
+                    )
+                if not impossible:
                     answers = _key(qa, "answers", path, qid, list)
                     if not answers:
                         raise DataError(
@@ -466,6 +479,13 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
                     for answer in answers:
                         text = _key(answer, "text", path, qid, str)
                         start = _key(answer, "answer_start", path, qid, int)
+                        if not text.strip() or start < 0:  # an empty span trains on the wrong tokens
+                            raise DataError(
+                                f"answer {text!r} at answer_start {start}: an answer is a non-empty span "
+                                "of the context (an unanswerable question is marked is_impossible)",
+                                path,
+                                record=qid,
+                            )
                         found = context[start : start + len(text)]
                         if found != text:
                             raise DataError(

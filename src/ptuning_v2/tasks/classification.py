@@ -11,7 +11,7 @@ from datasets import Dataset, DatasetDict
 from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
 
-from ptuning_v2.config import DataConfig
+from ptuning_v2.config import ConfigError, DataConfig, did_you_mean
 from ptuning_v2.data import DataError, DataReport, load_local_splits, truncated_rows
 from ptuning_v2.tasks.base import (
     LinearHeadModel,
@@ -21,6 +21,9 @@ from ptuning_v2.tasks.base import (
     pooled,
     register_task,
 )
+
+COLUMNS = ("text", "text_pair", "label")
+"""What ``data.columns`` maps for this task (our name -> the file's)."""
 
 
 class ClassificationModel(LinearHeadModel):
@@ -82,6 +85,12 @@ class ClassificationTask(Task):
 
     @classmethod
     def load_local(cls, data: DataConfig, report: DataReport | None = None) -> DatasetDict:
+        unknown = sorted(set(data.columns) - set(COLUMNS))
+        if unknown:  # a misspelt text_pair would train on single sentences without a word
+            raise ConfigError(
+                f"data.columns: task classification maps {list(COLUMNS)} to the file's columns, not "
+                f"{unknown}" + did_you_mean(unknown[0], COLUMNS)
+            )
         required = ["text", "label"] + (["text_pair"] if "text_pair" in data.columns else [])
         return load_local_splits(
             local_files(data), data.format, data.columns or None, required, report=report

@@ -252,7 +252,10 @@ class GenerationTask(Task):
 
     # ---- text -> token ids -------------------------------------------------------------------
     def truncated_source(self, row: dict[str, Any]) -> dict[str, Any]:
-        """``row`` with its source cut to ``max_source_length`` tokens (cut in the text, at a token end)."""
+        """``row`` with its source cut to ``max_source_length`` tokens (cut in the text, at a token end);
+        a row without one is left as it is (the template says whether it needs one)."""
+        if "source" not in row:
+            return row
         source = str(row["source"])
         offsets = self.tokenizer(source, add_special_tokens=False, return_offsets_mapping=True)[
             "offset_mapping"

@@ -114,11 +114,26 @@ def check_request(rank: int | None, variance: float | None) -> None:
         raise ConfigError(f"--variance: must be in (0, 1], got {variance}")
 
 
+def check_output_dir(checkpoint_dir: Path, output_dir: Path, overwrite: bool) -> None:
+    """A new checkpoint folder: not the source, not a file, and not one that holds anything (a checkpoint
+    of another run, say) unless ``overwrite``."""
+    if output_dir.resolve() == checkpoint_dir.resolve():
+        raise ConfigError("--output-dir: must differ from the checkpoint folder (it would be overwritten)")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"--output-dir {output_dir}: is a file, not a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"--output-dir {output_dir}: not empty; pass --overwrite to write the checkpoint over what is "
+            "there, or choose another folder"
+        )
+
+
 def compress_checkpoint(
     checkpoint_dir: str | Path,
     output_dir: str | Path,
     rank: int | None = None,
     variance: float | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the PCA-compressed copy of a checkpoint folder to ``output_dir``; return the report
     (also written to ``output_dir/compression_report.json``)."""
@@ -131,8 +146,7 @@ def compress_checkpoint(
             f"{checkpoint_dir}: already compressed (rank {meta['compression'].get('rank')}); "
             f"expand it first: ptv2 compress {checkpoint_dir} --expand --output-dir DIR"
         )
-    if output_dir.resolve() == checkpoint_dir.resolve():
-        raise ConfigError("--output-dir: must differ from the checkpoint folder (it would be overwritten)")
+    check_output_dir(checkpoint_dir, output_dir, overwrite)
     tensors, prompt_names, folded = dense_prompts(checkpoint)
     limits = {name: min(tensors[name].shape) for name in prompt_names}
     if rank is not None and rank > max(limits.values()):
@@ -203,15 +217,14 @@ def compress_checkpoint(
     return report
 
 
-def expand_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path) -> Path:
+def expand_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path, overwrite: bool = False) -> Path:
     """Write the dense checkpoint a compressed one stands for (to compress it again at another rank)."""
     checkpoint_dir, output_dir = Path(checkpoint_dir), Path(output_dir)
     checkpoint = TrainedCheckpoint.read(checkpoint_dir)  # its tensors expanded to dense on reading
     meta = checkpoint.meta
     if "compression" not in meta:
         raise CheckpointError(f"{checkpoint_dir}: not a compressed checkpoint (nothing to expand)")
-    if output_dir.resolve() == checkpoint_dir.resolve():
-        raise ConfigError("--output-dir: must differ from the checkpoint folder (it would be overwritten)")
+    check_output_dir(checkpoint_dir, output_dir, overwrite)
     write_derived(output_dir, checkpoint.tensors, meta, meta["run_config"], expanded_from=meta["compression"])
     return output_dir
 

@@ -16,14 +16,14 @@ from datasets import DatasetDict
 from torch import nn
 
 from ptuning_v2.checkpoint import TrainedCheckpoint, checkpoint_bytes, save_checkpoint
-from ptuning_v2.config import RunConfig, apply_overrides, check_eval_overrides
+from ptuning_v2.config import ConfigError, RunConfig, apply_overrides, check_eval_overrides
 from ptuning_v2.data import DataError, DataReport, get_builtin, load_builtin
 from ptuning_v2.models import backbone_fingerprint, load_backbone, load_tokenizer
 from ptuning_v2.tasks import Task, get_task
 from ptuning_v2.tasks.base import evaluate_split
 from ptuning_v2.trained.model import build_model, load_trained
 from ptuning_v2.training.sharding import writable_trained_params
-from ptuning_v2.training.trainer import Trainer, newest_state, prepare_output_dir
+from ptuning_v2.training.trainer import Trainer, newest_state, prepare_output_dir, refuse_a_file
 from ptuning_v2.utils.io import write_json_atomic
 
 
@@ -49,8 +49,13 @@ def load_splits(
         splits = load_builtin(data.name)
     elif data.train or not need_train and (data.validation or data.test):
         splits = task_cls.load_local(data, report)
-    else:
+    elif need_train:
         raise DataError("no data: set data.name to a built-in data set or data.train to a file")
+    else:
+        raise DataError(
+            "no data to evaluate on: the run had no validation or test file; give one with "
+            "--set data.test=FILE (or data.validation=FILE)"
+        )
     if not need_train:
         splits.pop("train", None)
     for split, dataset in splits.items():
@@ -171,8 +176,17 @@ def train_run(
     return metrics
 
 
-def evaluate_checkpoint(checkpoint_dir: Path, output_dir: Path, overrides: list[str] | None = None) -> dict:
-    """Metrics of a checkpoint on its own dev/test data (or data changed by ``overrides``)."""
+def evaluate_checkpoint(
+    checkpoint_dir: Path, output_dir: Path, overrides: list[str] | None = None, overwrite: bool = False
+) -> dict:
+    """Metrics of a checkpoint on its own dev/test data (or data changed by ``overrides``), written to
+    ``output_dir/metrics.json``: never over a training run's or an earlier evaluation's unless ``overwrite``."""
+    refuse_a_file(Path(output_dir))
+    if (Path(output_dir) / "metrics.json").exists() and not overwrite:
+        raise ConfigError(
+            f"{output_dir}: holds a metrics.json (of a training run or an evaluation); pass --overwrite to "
+            "replace it, or choose another --output-dir"
+        )
     checkpoint = TrainedCheckpoint.read(checkpoint_dir)
     run = RunConfig.from_dict(
         apply_overrides(copy.deepcopy(checkpoint.run_config), overrides or []), source=str(checkpoint_dir)
@@ -204,7 +218,6 @@ def evaluate_checkpoint(checkpoint_dir: Path, output_dir: Path, overrides: list[
         "trainable_params": trainable,
         "total_params": total,
         "trainable_share": trainable / total,
-        "train_seconds": 0.0,
         "checkpoint_bytes": checkpoint_bytes(checkpoint_dir),
         "data_report": report.to_dict(),
     }

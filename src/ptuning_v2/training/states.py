@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from ptuning_v2.checkpoint import CheckpointError, read_tensors
+from ptuning_v2.utils.io import DEFAULT_FILE_MODE
 
 STATES_DIR = "states"
 STATE_TENSORS = "state.safetensors"
@@ -81,6 +82,7 @@ def write_state(
     tmp.mkdir()
     contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     save_file(contiguous, str(tmp / STATE_TENSORS))
+    os.chmod(tmp / STATE_TENSORS, DEFAULT_FILE_MODE)  # safetensors leaves 0600, unlike every other file
     _fsync(tmp / STATE_TENSORS)
     crash_point("state_write", step)
     (tmp / STATE_META).write_text(json.dumps({"step": step, **meta}, indent=1) + "\n", encoding="utf-8")

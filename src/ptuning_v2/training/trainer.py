@@ -95,6 +95,7 @@ RUN_FILES = ("metrics.json", "log.jsonl", "checkpoint", STATES_DIR, "last")
 def prepare_output_dir(output_dir: Path, run: RunConfig, resume: bool, overwrite: bool) -> None:
     """A fresh run never mixes with an earlier one: refuse a folder that holds a run unless asked to
     overwrite it (its run files are removed, nothing else); a resume checks its settings first."""
+    refuse_a_file(output_dir)
     if resume:
         if overwrite:
             raise ConfigError("--resume continues the run in the folder, --overwrite replaces it: pick one")
@@ -104,11 +105,17 @@ def prepare_output_dir(output_dir: Path, run: RunConfig, resume: bool, overwrite
     replace_run_files(output_dir, RUN_FILES, overwrite, ", --resume to continue it")
 
 
+def refuse_a_file(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"--output-dir {output_dir}: is a file, not a folder; choose another --output-dir")
+
+
 def replace_run_files(
     output_dir: Path, names: tuple[str, ...], overwrite: bool, alternatives: str = ""
 ) -> None:
     """Refuse a folder that holds any of a run's files ``names`` unless ``overwrite``; then remove those
     files, nothing else."""
+    refuse_a_file(output_dir)
     found = [name for name in names if (output_dir / name).exists()]
     if found and not overwrite:
         raise ConfigError(

@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--expand", action="store_true", help="write a compressed checkpoint back as dense")
     p.add_argument("--output-dir", required=True, help="where the new checkpoint folder goes")
+    p.add_argument("--overwrite", action="store_true", help="write into an --output-dir that is not empty")
     p.set_defaults(func=run)
 
 
@@ -35,9 +36,11 @@ def run(args: argparse.Namespace) -> int:
     if args.expand:
         if args.rank is not None or args.variance is not None:
             raise ConfigError("--expand: takes no --rank or --variance (it restores the dense prompts)")
-        print(f"dense checkpoint written to {expand_checkpoint(args.checkpoint, args.output_dir)}")
+        print(
+            f"dense checkpoint written to {expand_checkpoint(args.checkpoint, args.output_dir, args.overwrite)}"
+        )
         return 0
-    report = compress_checkpoint(args.checkpoint, args.output_dir, args.rank, args.variance)
+    report = compress_checkpoint(args.checkpoint, args.output_dir, args.rank, args.variance, args.overwrite)
     print(format_report(report))
     print(f"compressed checkpoint written to {args.output_dir} (report: compression_report.json)")
     return 0

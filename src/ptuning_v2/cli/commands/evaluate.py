@@ -15,12 +15,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="checkpoint folder (OUTPUT_DIR/checkpoint of a training run)")
     add_overrides(p, "change the data, e.g. --set data.test=other.csv --set data.name=null")
     p.add_argument("--output-dir", required=True, help="where metrics.json goes")
+    p.add_argument("--overwrite", action="store_true", help="replace a metrics.json already in --output-dir")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ptuning_v2.training.recipe import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(Path(args.checkpoint), Path(args.output_dir), args.overrides)
+    metrics = evaluate_checkpoint(
+        Path(args.checkpoint), Path(args.output_dir), args.overrides, args.overwrite
+    )
     print(json.dumps(summary(metrics), indent=2))
     return 0

@@ -72,4 +72,8 @@ def summary(metrics: dict) -> dict:
         "train_seconds",
         "checkpoint_bytes",
     )
-    return {"dev": flat(metrics["dev"]), "test": flat(metrics["test"]), **{k: metrics[k] for k in keys}}
+    return {
+        "dev": flat(metrics["dev"]),
+        "test": flat(metrics["test"]),
+        **{k: metrics[k] for k in keys if k in metrics},
+    }
