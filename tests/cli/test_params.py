@@ -46,3 +46,5 @@ def test_table_output_and_bad_lengths(tiny_bert_dir, capsys) -> None:
     assert "ptuning_v2" in table and f"{LAYERS * 8 * 2 * HIDDEN:,}" in table
     assert main(["params", str(tiny_bert_dir), "--num-virtual-tokens", "8,x"]) == 2
     assert "--num-virtual-tokens" in capsys.readouterr().err
+    assert main(["params", str(tiny_bert_dir), "--num-labels", "0"]) == 2
+    assert "--num-labels: a classifier has at least 2 classes, got 0" in capsys.readouterr().err

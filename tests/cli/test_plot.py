@@ -87,6 +87,15 @@ def test_bad_input_is_one_line(
     assert not (tmp_path / "training_curves.png").exists()
 
 
+def test_a_log_cut_short_by_a_kill_still_plots(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    shutil.copytree(tiny_run, tmp_path / "run")
+    log = tmp_path / "run" / "log.jsonl"
+    log.write_text(log.read_text(encoding="utf-8") + '{"type": "train", "st', encoding="utf-8")
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert f"[log] {log}: line " in err and "is cut short (the run was killed); left out" in err
+
+
 def test_output_must_be_an_image_format(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["plot", str(tiny_run), "--output", str(tiny_run / "curves.txt")]) == 2
     assert "must end in one of .png, .svg, .pdf" in capsys.readouterr().err

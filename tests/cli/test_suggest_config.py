@@ -71,3 +71,9 @@ def test_a_single_small_model_task_is_pointed_at_lora(tiny_bert_dir, capsys) -> 
     assert "LoRA matched or beat P-Tuning v2" in capsys.readouterr().out
     assert main(["suggest-config", "--task", "qa", "--model", str(tiny_bert_dir)]) == 0
     assert "LoRA" not in capsys.readouterr().out  # not measured on QA: no claim
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "seq2seq"])
+def test_generation_gets_its_built_in_data_and_no_head_rate(tiny_bert_dir, capsys, tmp_path, task) -> None:
+    _, raw = suggested(capsys, tmp_path, "--task", task, "--model", str(tiny_bert_dir))
+    assert raw["data"] == {"name": "aclsum"} and "head_lr" not in raw["train"]

@@ -9,6 +9,7 @@ metric) unless one is asked for.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,23 @@ def log_path(run: str | Path) -> Path:
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
-    """The log's records; a resumed run logs some steps twice, and the later record wins."""
+    """The log's records; a resumed run logs some steps twice, and the later record wins. A last line cut
+    short (a run killed while writing it; its resume writes the record again) is left out, and said."""
     latest: dict[tuple[str, int], dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            if number == len(lines) and not text.endswith("\n"):
+                print(
+                    f"[log] {path}: line {number} is cut short (the run was killed); left out",
+                    file=sys.stderr,
+                )
+                continue
             raise DataError("not a JSON record", path, line=number) from None
         if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "type" not in record:
             raise DataError("not a training log record (needs 'type' and an integer 'step')", path, number)

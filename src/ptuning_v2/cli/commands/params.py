@@ -106,6 +106,8 @@ def format_table(rows: list[dict[str, Any]], task: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from ptuning_v2.methods import METHODS, get_method
 
+    if args.num_labels < 2:
+        raise ConfigError(f"--num-labels: a classifier has at least 2 classes, got {args.num_labels}")
     methods = (
         list(METHODS) if args.method == _ALL else [m.strip() for m in args.method.split(",") if m.strip()]
     )

@@ -79,7 +79,7 @@ def suggest(task: str, model: str, method: str) -> tuple[dict[str, Any], list[st
     from ptuning_v2.tasks import get_task
 
     try:
-        get_task(task)
+        task_cls = get_task(task)
         has_prompt = get_method(method).prompt is not None
         swept = get_method(method).task_defaults.get(task, {})  # the sweeps' numbers win over the guidance
     except ValueError as exc:
@@ -89,7 +89,7 @@ def suggest(task: str, model: str, method: str) -> tuple[dict[str, Any], list[st
     guide = GUIDANCE[task]
     n_params = estimate_parameters(AutoConfig.from_pretrained(resolve_model(model)))
     size, factor = size_class(n_params)
-    builtin = [entry.name for entry in list_builtin() if entry.task == task]
+    builtin = [entry.name for entry in list_builtin() if entry.task in (task, task_cls.data_family)]
     data: dict[str, Any] = {"model": model, "task": task, "method": method}
     data["data"] = (
         {"name": builtin[0]}
@@ -124,13 +124,18 @@ def suggest(task: str, model: str, method: str) -> tuple[dict[str, Any], list[st
         )
     elif method == "ptuning_v2":
         train["lr"] = guide.lr
-        notes.append(f"Learning rate {guide.lr:g}: prompts train at high rates (1e-2 to 5e-2).")
+        notes.append(
+            f"Learning rate {guide.lr:g}: deep prompts train at rates far above full fine-tuning's "
+            "(5e-3 for QA and generation, 1e-2 to 5e-2 for classification and NER)."
+        )
     else:
         notes.append(f"Learning rates: the {method} defaults.")
     data["train"] = train
     resolve_run_config(data, "suggested config")  # what we print must be a valid config
     merged = with_method_defaults(data)
     data["train"] = {**merged.get("train", {}), **train}
+    if (task_cls.data_family or task_cls.name) == "seq2seq":  # generation trains no head, so no head_lr
+        data["train"].pop("head_lr", None)
     if not builtin:
         notes.append(f"No built-in data set for {task}: point data.train/validation/test at your files.")
     if method == "ptuning_v2" and task in LORA_TIES and factor == 1.0:
