@@ -305,6 +305,26 @@ def test_eval_does_not_need_the_train_file(trained: Path, data_dir: Path, tmp_pa
     assert "train" not in metrics["data_report"]
 
 
+def test_eval_names_the_file_of_an_unseen_label(trained: Path, tmp_path, capsys) -> None:
+    rows = sentiment_rows(6, 3)
+    rows[4] = ("the movie was fine", "neutral")
+    unseen = write_csv(tmp_path / "unseen.csv", rows)
+    args = [
+        "eval",
+        str(trained / "checkpoint"),
+        "--output-dir",
+        str(tmp_path / "e"),
+        "--set",
+        f"data.test={unseen}",
+    ]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    assert (
+        f"{unseen}: record 'row 5': field 'label': the test split has label(s) ['neutral']"
+        in one_line_error(err, "eval")
+    )
+
+
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
 def test_damaged_adapter_file(trained: Path, tmp_path, capsys, damage: str) -> None:
     checkpoint = tmp_path / "checkpoint"

@@ -133,9 +133,12 @@ class ClassificationTask(Task):
         )
         labels = list(dataset["label"]) if "label" in dataset.column_names else None
         unknown = sorted({str(label) for label in labels or []} - set(label_ids))
-        if unknown:
+        if unknown:  # at evaluation: the file is the split's, the record the first row with one of them
+            first = next(i for i, label in enumerate(labels or []) if str(label) in unknown)
             raise DataError(
                 f"the {split} split has label(s) {unknown}; the model was trained on {self.labels}",
+                file=getattr(self.config.data, split, None),
+                record=f"row {first + 1}",
                 field="label",
             )
         features = []
