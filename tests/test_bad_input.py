@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import time
 import zipfile
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from ptuning_v2.cli.main import main
 from ptuning_v2.config import ConfigError, RunConfig, check_eval_overrides
+from ptuning_v2.data import DataError
 from ptuning_v2.methods import load_run_config
 
 
@@ -365,8 +367,15 @@ def test_a_pair_model_splits_on_the_tab(trained: Path) -> None:
 
     task, _ = load_trained(trained / "checkpoint", device="cpu")
     assert task.pairs is False and task.parse_input("a\tb") == "a\tb"
+    with pytest.raises(DataError, match=re.escape("record '0': this classifier was trained on single texts")):
+        task.predict_features([("a", "b")])
     task.load_state({"labels": ["neg", "pos"], "pairs": True})
     assert task.parse_input("a\tb") == ("a", "b")
+    assert len(task.predict_features([("a", "b"), ("c", "d")])) == 2
+    with pytest.raises(
+        DataError, match=re.escape("record '0': this classifier was trained on sentence pairs")
+    ):
+        task.predict_features(["only one"])
 
 
 # --------------------------------------------------------------------------- fetched wheels: sha256

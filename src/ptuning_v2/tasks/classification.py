@@ -190,6 +190,13 @@ class ClassificationTask(Task):
                 raise DataError("a classification input is a text or a pair of texts", record=str(i))
             if pair != pairs[0]:
                 raise DataError("inputs mix single texts and sentence pairs; send them apart", record=str(i))
+            if self.pairs is not None and pair != self.pairs:  # the other shape would answer, and be wrong
+                raise DataError(
+                    "this classifier was trained on sentence pairs: give two texts (TEXT<TAB>PAIR on a line)"
+                    if self.pairs
+                    else "this classifier was trained on single texts, not sentence pairs",
+                    record=str(i),
+                )
         if not texts:
             return []
         firsts = [t[0] if pair else t for t, pair in zip(texts, pairs, strict=True)]
