@@ -198,3 +198,21 @@ def test_a_diverging_loss_stops_the_run_and_predict_prints_valid_json(
 
     prediction = json.loads(lines[0], parse_constant=no_nan)
     assert prediction["score"] is None and set(prediction["probabilities"].values()) == {None}
+
+
+def test_a_damaged_newest_state_names_the_one_before_it(tmp_path: Path) -> None:
+    from ptuning_v2.checkpoint import CheckpointError
+    from ptuning_v2.training.states import STATE_TENSORS, read_state, write_state
+    from ptuning_v2.training.trainer import newest_state
+
+    for step in (3, 6):
+        write_state(tmp_path / "states", step, {"w": torch.ones(4)}, {"run_config": {}}, keep=2)
+    newest = newest_state(tmp_path)
+    whole = (newest / STATE_TENSORS).read_bytes()
+    (newest / STATE_TENSORS).write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CheckpointError, match="remove this folder \\(then step-000000003 is used\\)"):
+        read_state(newest)
+    with pytest.raises(
+        CheckpointError, match="no such folder, so no run to resume; start it without --resume"
+    ):
+        newest_state(tmp_path / "never")

@@ -101,12 +101,25 @@ def write_state(
     return final
 
 
+def damaged_state(directory: str | Path, exc: Exception) -> CheckpointError:
+    """The error for a state folder that cannot be read, saying which older state a resume could use (a
+    damaged state is not skipped silently: resuming from an older one repeats steps)."""
+    directory = Path(directory)
+    older = [path for step, path in complete_states(directory.parent) if path.name < directory.name]
+    hint = (
+        f"; to resume from the state before it, remove this folder (then {older[-1].name} is used)"
+        if older
+        else ""
+    )
+    return CheckpointError(f"{directory}: unreadable resumable state: {exc}{hint}")
+
+
 def read_state_meta(directory: str | Path) -> dict[str, Any]:
     """The JSON half of one state folder (step, run config, counters)."""
     try:
         return json.loads((Path(directory) / STATE_META).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{directory}: unreadable resumable state: {exc}") from exc
+        raise damaged_state(directory, exc) from exc
 
 
 def read_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -115,5 +128,5 @@ def read_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         tensors = read_tensors(Path(directory) / STATE_TENSORS)
     except CheckpointError as exc:  # read_tensors' own for a missing or damaged file
-        raise CheckpointError(f"{directory}: unreadable resumable state: {exc}") from exc
+        raise damaged_state(directory, exc) from exc
     return tensors, meta
