@@ -282,6 +282,17 @@ def test_read_jsonl_tagged_length_mismatch(tmp_path: Path) -> None:
         read_jsonl_tagged(path)
 
 
+def test_a_malformed_tag_names_its_file_and_line(tmp_path: Path) -> None:
+    conll = write(tmp_path / "t.conll", "EU B-ORG\nrejects O\n\nBob PER\n")
+    with pytest.raises(DataError, match=r"t\.conll: line 4: field 'tag': tag 'PER' is neither 'O' nor B-"):
+        read_conll(conll)
+    jsonl = write(
+        tmp_path / "t.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n{"tokens": ["Bob"], "tags": ["b-per"]}\n'
+    )
+    with pytest.raises(DataError, match=r"t\.jsonl: line 2: field 'tags': tag 'b-per' is neither"):
+        read_jsonl_tagged(jsonl)
+
+
 @pytest.mark.parametrize("token", ["", " "])
 def test_a_blank_token_is_refused_not_silently_untagged(tmp_path: Path, token: str) -> None:
     path = write(

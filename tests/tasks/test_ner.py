@@ -274,3 +274,12 @@ def test_dev_tag_unseen_in_training_is_an_error(tiny_bert_dir, tmp_path) -> None
     }
     with pytest.raises(DataError, match=r"record 'b'.*validation split has tag\(s\) \['B-LOC'\]"):
         task.prepare(splits)
+
+
+def test_an_unseen_dev_tag_names_the_dev_file(tiny_bert_dir, tmp_path, capsys) -> None:
+    train = write_conll(tmp_path / "train.txt", synthetic_sentences(8, 0))
+    dev = tmp_path / "dev.txt"
+    dev.write_text("Acme B-WEIRD\nrocks O\n", encoding="utf-8")
+    assert main(ner_args(tiny_bert_dir, {"train": train, "validation": dev}, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert f"{dev}: record '0': field 'ner_tags': the validation split has tag(s) ['B-WEIRD']" in err

@@ -361,6 +361,9 @@ def read_conll(path: str | Path, token_col: int = 0, label_col: int = -1) -> lis
                 path,
                 line,
             )
+        problem = tag_problem(parts[label_col])
+        if problem:
+            raise DataError(problem, path, line, "tag")
         tokens.append(parts[token_col])
         tags.append(parts[label_col])
     flush()
@@ -389,6 +392,9 @@ def read_jsonl_tagged(path: str | Path) -> list[dict[str, Any]]:
         blank = next((i for i, token in enumerate(row["tokens"]) if not token.strip()), None)
         if blank is not None:  # it has no subword to carry its tag: the tag would be lost without a word
             raise DataError(f"token {blank} is empty or only spaces; a token is a word", path, line, "tokens")
+        problem = next(filter(None, map(tag_problem, row[tag_key])), None)
+        if problem:
+            raise DataError(problem, path, line, tag_key)
         if len(row["tokens"]) != len(row[tag_key]):
             raise DataError(
                 f"{len(row['tokens'])} tokens but {len(row[tag_key])} tags; they must pair up", path, line
@@ -399,6 +405,14 @@ def read_jsonl_tagged(path: str | Path) -> list[dict[str, Any]]:
     if not sentences:
         raise DataError("file is empty", path)
     return sentences
+
+
+def tag_problem(tag: str) -> str | None:
+    """What is wrong with one NER tag, or None: a tag is ``O`` or B-/I-/E-/S- and an entity type."""
+    prefix, sep, entity = tag.partition("-")
+    if tag == "O" or sep and entity and prefix in ("B", "I", "E", "S"):
+        return None
+    return f"tag {tag!r} is neither 'O' nor B-/I-/E-/S- followed by an entity type"
 
 
 def detect_tag_scheme(tags: Sequence[str] | Sequence[Sequence[str]]) -> TagScheme:
@@ -416,9 +430,10 @@ def detect_tag_scheme(tags: Sequence[str] | Sequence[Sequence[str]]) -> TagSchem
             if tag == "O":
                 previous = None
                 continue
-            prefix, sep, entity = tag.partition("-")
-            if not sep or not entity or prefix not in ("B", "I", "E", "S"):
-                raise DataError(f"tag {tag!r} is neither 'O' nor B-/I-/E-/S- followed by an entity type")
+            problem = tag_problem(tag)
+            if problem:
+                raise DataError(problem)
+            prefix, _, entity = tag.partition("-")
             prefixes.add(prefix)
             if prefix == "I" and previous != entity:
                 starts_with_inside = True

@@ -115,6 +115,7 @@ class NerTask(Task):
                 if unseen:
                     raise DataError(
                         f"the {split_name} split has tag(s) {unseen} that never occur in the training data",
+                        file=getattr(self.config.data, split_name, None),
                         record=row_id,
                         field="ner_tags",
                     )
