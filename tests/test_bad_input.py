@@ -207,7 +207,11 @@ def test_missing_data_file_names_its_split(tiny_bert_dir, data_dir, tmp_path, ca
     files["validation"] = tmp_path / "nope.csv"
     code, _, err = run_cli(train_args(tiny_bert_dir, files, tmp_path / "run"), capsys)
     assert code == 2
-    assert "nope.csv: no such file (data.validation)" in one_line_error(err, "train")
+    assert "nope.csv: no such file (data.validation)" in one_line_error(err, "train")  # an absolute path
+    files["validation"] = Path("relative") / "nope.csv"
+    code, _, err = run_cli(train_args(tiny_bert_dir, files, tmp_path / "run"), capsys)
+    assert code == 2
+    assert f"nope.csv: no such file (data.validation; relative paths are read from {Path.cwd()})" in err
 
 
 def test_unknown_model_name_fails_in_seconds(data_dir, tmp_path, capsys) -> None:

@@ -219,6 +219,20 @@ def test_squad_v1_train_writes_exact_match_and_f1(tiny_bert_dir, tmp_path) -> No
     assert test["total"] == 4 and 0 <= test["exact_match"] <= test["f1"] <= 100
 
 
+def test_predict_names_the_line_of_an_input_without_its_context(tiny_bert_dir, tmp_path, capsys) -> None:
+    path = squad_file(tmp_path / "v1.json", with_unanswerable=False)
+    assert main(qa_args(tiny_bert_dir, {"train": path}, tmp_path / "run")) == 0
+    context, question, _ = PARAGRAPHS[0]
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text(f"{question}\t{context}\n\n{question} but no tab\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run" / "checkpoint"), "--file", str(inputs)]) == 2
+    err = capsys.readouterr().err
+    assert f"{inputs}: line 3: a QA input is a (question, context) pair: QUESTION<TAB>CONTEXT" in err
+    assert main(["predict", str(tmp_path / "run" / "checkpoint"), f"{question}\t{context}", "no tab"]) == 2
+    assert "record 'text 2': a QA input is a (question, context) pair" in capsys.readouterr().err
+
+
 def test_answer_at_a_wrong_offset_names_file_and_question(tiny_bert_dir, tmp_path, capsys) -> None:
     path = squad_file(tmp_path / "bad.json", with_unanswerable=False)
     data = json.loads(path.read_text())

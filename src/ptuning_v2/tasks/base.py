@@ -151,7 +151,8 @@ def local_files(data: DataConfig) -> dict[str, str]:
     for split, path in files.items():
         if not Path(path).is_file():
             what = "is a folder, not a file" if Path(path).is_dir() else "no such file"
-            raise DataError(f"{what} (data.{split})", path)
+            relative = "" if Path(path).is_absolute() else f"; relative paths are read from {Path.cwd()}"
+            raise DataError(f"{what} (data.{split}{relative})", path)
     return files
 
 

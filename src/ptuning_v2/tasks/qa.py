@@ -344,7 +344,7 @@ def question_context(item: Any, index: int) -> tuple[str, str]:
     if isinstance(item, list | tuple) and len(item) == 2 and all(isinstance(x, str) for x in item):
         return item[0], item[1]
     raise DataError(
-        "a QA input is a (question, context) pair: QUESTION<TAB>CONTEXT on the command line",
+        'a QA input is a (question, context) pair: QUESTION<TAB>CONTEXT, or {"question", "context"}',
         record=str(index),
     )
 

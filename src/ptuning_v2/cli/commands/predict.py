@@ -20,10 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_inputs(args: argparse.Namespace) -> tuple[list[str], list[int]]:
-    """The non-empty input lines, and the numbers of the empty ones (left out: each output echoes its input)."""
+def read_inputs(args: argparse.Namespace) -> tuple[list[str], list[int], list[int]]:
+    """The non-empty input lines, the numbers of the empty ones (left out: each output echoes its input),
+    and each input's line (for texts given as arguments: its position among them)."""
     if args.texts:
-        return list(args.texts), []
+        return list(args.texts), [], list(range(1, len(args.texts) + 1))
     source = args.file if args.file and args.file != "-" else "<stdin>"
     if source != "<stdin>":
         path = Path(source)
@@ -37,21 +38,31 @@ def read_inputs(args: argparse.Namespace) -> tuple[list[str], list[int]]:
     if lines and not lines[-1]:
         lines.pop()  # the newline that ends the last line
     empty = [number for number, line in enumerate(lines, start=1) if not line.strip()]
-    inputs = [line for line in lines if line.strip()]
-    if not inputs:
+    numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    if not numbered:
         raise DataError("no input texts", file=source)
-    return inputs, empty
+    return [line for _, line in numbered], empty, [number for number, _ in numbered]
 
 
 def run(args: argparse.Namespace) -> int:
     from ptuning_v2.trained.model import load_trained
 
-    inputs, empty = read_inputs(args)
+    inputs, empty, where = read_inputs(args)
     task, model = load_trained(args.checkpoint)
     task.report.read("predict", len(inputs) + len(empty))
     shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
     task.report.skip("predict", f"empty: line {shown}", len(empty))
-    for prediction in task.predict(model, [task.parse_input(text) for text in inputs]):
+    try:
+        predictions = task.predict(model, [task.parse_input(text) for text in inputs])
+    except DataError as exc:  # the task names an input by its index: name it as the user gave it
+        if exc.file is not None or exc.record is None or not exc.record.isdigit():
+            raise
+        number = where[int(exc.record)]
+        if args.texts:
+            raise DataError(exc.problem, record=f"text {number}", field=exc.field) from None
+        source = args.file if args.file and args.file != "-" else "<stdin>"
+        raise DataError(exc.problem, source, number, exc.field) from None
+    for prediction in predictions:
         print(json.dumps(finite(prediction), ensure_ascii=False, allow_nan=False))
     for line in task.report.notices():
         print(f"[data] {line}", file=sys.stderr)
