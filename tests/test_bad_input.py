@@ -311,6 +311,13 @@ def test_eval_does_not_need_the_train_file(trained: Path, data_dir: Path, tmp_pa
     assert "train" not in metrics["data_report"]
 
 
+def test_a_run_folder_given_for_its_checkpoint_names_the_checkpoint(trained: Path, capsys) -> None:
+    code, _, err = run_cli(["predict", str(trained), "good"], capsys)
+    assert code == 2 and f"a run folder: its checkpoint is {trained / 'checkpoint'}" in one_line_error(
+        err, "predict"
+    )
+
+
 def test_eval_names_the_file_of_an_unseen_label(trained: Path, tmp_path, capsys) -> None:
     rows = sentiment_rows(6, 3)
     rows[4] = ("the movie was fine", "neutral")

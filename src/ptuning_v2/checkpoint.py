@@ -112,7 +112,9 @@ def read_meta(directory: Path) -> dict[str, Any]:
     """``ptv2_checkpoint.json`` of a folder, checked: a JSON object of this format with the keys loaders use."""
     path = directory / CONFIG_FILE
     if not path.is_file():
-        raise CheckpointError(f"{directory}: not a ptuning-v2 checkpoint (no {CONFIG_FILE})")
+        inner = directory / "checkpoint"
+        hint = f"; a run folder: its checkpoint is {inner}" if (inner / CONFIG_FILE).is_file() else ""
+        raise CheckpointError(f"{directory}: not a ptuning-v2 checkpoint (no {CONFIG_FILE}){hint}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -96,6 +96,12 @@ def test_a_log_cut_short_by_a_kill_still_plots(tiny_run: Path, tmp_path: Path, c
     assert f"[log] {log}: line " in err and "is cut short (the run was killed); left out" in err
 
 
+def test_a_metric_the_run_did_not_log_is_refused_with_those_it_did(tiny_run: Path, capsys) -> None:
+    assert main(["plot", str(tiny_run), "--metric", "acuracy"]) == 2
+    err = capsys.readouterr().err
+    assert "--metric acuracy: the dev records have [" in err and "did you mean 'accuracy'?" in err
+
+
 def test_output_must_be_an_image_format(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["plot", str(tiny_run), "--output", str(tiny_run / "curves.txt")]) == 2
     assert "must end in one of .png, .svg, .pdf" in capsys.readouterr().err

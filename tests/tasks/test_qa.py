@@ -209,7 +209,7 @@ def test_unanswerable_needs_version_2(tiny_bert_dir, tmp_path, capsys) -> None:
     path = squad_file(tmp_path / "v2.json", with_unanswerable=True)
     assert main(qa_args(tiny_bert_dir, {"train": path}, tmp_path / "run")) == 2
     err = capsys.readouterr().err
-    assert "record 'u0'" in err and "version_2_with_negative" in err
+    assert f"{path}: record 'u0'" in err and "version_2_with_negative" in err
 
 
 def test_squad_v1_train_writes_exact_match_and_f1(tiny_bert_dir, tmp_path) -> None:

@@ -247,7 +247,8 @@ class GenerationTask(Task):
             if missing:
                 raise DataError(
                     f"the {split_name} split has no column(s) {missing} that the templates need "
-                    f"(it has {split.column_names})"
+                    f"(it has {split.column_names})",
+                    file=getattr(self.config.data, split_name, None),
                 )
 
     # ---- text -> token ids -------------------------------------------------------------------

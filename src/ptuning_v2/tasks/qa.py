@@ -157,6 +157,7 @@ class QuestionAnsweringTask(Task):
                     raise DataError(
                         f"the {split_name} split has an unanswerable question; set "
                         "task_options.version_2_with_negative: true for SQuAD v2 data",
+                        file=getattr(self.config.data, split_name, None),
                         record=qid,
                     )
 

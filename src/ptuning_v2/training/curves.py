@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptuning_v2.config import ConfigError
+from ptuning_v2.config import ConfigError, did_you_mean
 from ptuning_v2.data import DataError
 from ptuning_v2.utils.io import atomic_write
 
@@ -98,6 +98,11 @@ def read_curve(run: str | Path, metric: str | None = None) -> Curve:
     records = read_log(path)
     info = run_info(path)
     dev_records = [r for r in records if r["type"] == "eval" and r.get("split", "validation") == "validation"]
+    logged = sorted({k for r in dev_records for k, v in r.items() if k != "step" and _is_number(v)})
+    if metric is not None and dev_records and metric not in logged:  # an empty panel would say nothing
+        raise DataError(
+            f"--metric {metric}: the dev records have {logged}" + did_you_mean(metric, logged), path
+        )
     metric = metric or info.get("metric") or _first_number(dev_records)
     source = path.parent.name if path.name == LOG_FILE else path.stem
     return Curve(
