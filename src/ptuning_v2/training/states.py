@@ -105,7 +105,7 @@ def damaged_state(directory: str | Path, exc: Exception) -> CheckpointError:
     """The error for a state folder that cannot be read, saying which older state a resume could use (a
     damaged state is not skipped silently: resuming from an older one repeats steps)."""
     directory = Path(directory)
-    older = [path for step, path in complete_states(directory.parent) if path.name < directory.name]
+    older = [path for _, path in complete_states(directory.parent) if path.name < directory.name]
     hint = (
         f"; to resume from the state before it, remove this folder (then {older[-1].name} is used)"
         if older

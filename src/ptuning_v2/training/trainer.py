@@ -79,9 +79,9 @@ class TrainingDivergedError(RuntimeError):
 
 def newest_state(output_dir: str | Path) -> Path:
     """The newest complete resumable state of the run in ``output_dir``."""
-    states = complete_states(Path(output_dir) / STATES_DIR)
     if not Path(output_dir).is_dir():
         raise CheckpointError(f"{output_dir}: no such folder, so no run to resume; start it without --resume")
+    states = complete_states(Path(output_dir) / STATES_DIR)
     if not states:
         raise CheckpointError(
             f"{Path(output_dir) / STATES_DIR}: no complete resumable state to resume from "
